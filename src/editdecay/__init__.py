@@ -1,0 +1,3 @@
+"""editdecay: do knowledge edits survive fine-tuning?"""
+
+__version__ = "0.1.0"

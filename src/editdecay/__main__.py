@@ -1,0 +1,3 @@
+from editdecay.cli import app
+
+app()

@@ -1,0 +1,6 @@
+"""The command line: one module per stage, each registering its commands on the shared `app`."""
+
+from editdecay.cli import models as _models  # noqa: F401  (registers commands)
+from editdecay.cli.app import app
+
+__all__ = ["app"]

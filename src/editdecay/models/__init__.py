@@ -1,0 +1,58 @@
+"""Model loading, architecture specs, fingerprints and hooks."""
+
+from editdecay.models.arch import (
+    KNOWN_MODELS,
+    ArchSpec,
+    UnsupportedArchitectureError,
+    arch_for,
+    block,
+    check_layers,
+    default_edit_layers,
+    edit_matrix,
+    embeddings_tied,
+    final_norm,
+    get_module,
+    mlp_out,
+    num_blocks,
+    register_arch,
+    supported_model_types,
+    unembedding,
+)
+from editdecay.models.fingerprint import combine_fingerprints, model_fingerprint
+from editdecay.models.loading import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    default_cache_dir,
+    load_model,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "KNOWN_MODELS",
+    "ArchSpec",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelSpec",
+    "UnsupportedArchitectureError",
+    "arch_for",
+    "block",
+    "check_layers",
+    "combine_fingerprints",
+    "default_cache_dir",
+    "default_edit_layers",
+    "edit_matrix",
+    "embeddings_tied",
+    "final_norm",
+    "get_module",
+    "load_model",
+    "mlp_out",
+    "model_fingerprint",
+    "num_blocks",
+    "register_arch",
+    "supported_model_types",
+    "unembedding",
+]

@@ -1,0 +1,222 @@
+"""Where each architecture keeps its blocks, MLP output projection, final norm and unembedding.
+
+One `ArchSpec` per family, looked up by `config.model_type`. Register a new family with
+`register_arch(ArchSpec(...))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's `config.model_type` has no registered ArchSpec."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths of one transformer family; `{}` in a template is the block index."""
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks_path: str
+    mlp_out_template: str
+    final_norm_path: str
+    # GPT-2's Conv1D stores its weight as (in_features, out_features): transpose before W @ k.
+    mlp_out_transposed: bool = False
+    # Short target names (q, k, v, o, gate, up, down) -> module path relative to a block.
+    block_modules: dict[str, str] = field(default_factory=dict)
+
+    def block_path(self, layer: int) -> str:
+        return f"{self.blocks_path}.{layer}"
+
+    def mlp_out_path(self, layer: int) -> str:
+        return self.mlp_out_template.format(layer)
+
+    def mlp_out_weight_name(self, layer: int) -> str:
+        return f"{self.mlp_out_path(layer)}.weight"
+
+
+_LLAMA_MODULES = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+_REGISTRY: list[ArchSpec] = [
+    ArchSpec(
+        name="gpt2",
+        model_types=("gpt2",),
+        blocks_path="transformer.h",
+        mlp_out_template="transformer.h.{}.mlp.c_proj",
+        final_norm_path="transformer.ln_f",
+        mlp_out_transposed=True,
+        # GPT-2 fuses q, k and v into one Conv1D.
+        block_modules={"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
+                       "up": "mlp.c_fc", "down": "mlp.c_proj"},
+    ),
+    ArchSpec(
+        name="gptj",
+        model_types=("gptj",),
+        blocks_path="transformer.h",
+        mlp_out_template="transformer.h.{}.mlp.fc_out",
+        final_norm_path="transformer.ln_f",
+        block_modules={"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.out_proj",
+                       "up": "mlp.fc_in", "down": "mlp.fc_out"},
+    ),
+    ArchSpec(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        blocks_path="gpt_neox.layers",
+        mlp_out_template="gpt_neox.layers.{}.mlp.dense_4h_to_h",
+        final_norm_path="gpt_neox.final_layer_norm",
+        block_modules={"q": "attention.query_key_value", "k": "attention.query_key_value",
+                       "v": "attention.query_key_value", "o": "attention.dense",
+                       "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
+    ),
+    ArchSpec(
+        name="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+        blocks_path="model.layers",
+        mlp_out_template="model.layers.{}.mlp.down_proj",
+        final_norm_path="model.norm",
+        block_modules=_LLAMA_MODULES,
+    ),
+]
+
+
+def register_arch(spec: ArchSpec) -> None:
+    """Add (or replace, by model type) an architecture family."""
+    for model_type in spec.model_types:
+        for existing in list(_REGISTRY):
+            if model_type in existing.model_types:
+                _REGISTRY.remove(existing)
+    _REGISTRY.append(spec)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for spec in _REGISTRY for t in spec.model_types)
+
+
+def arch_for(model_or_type: nn.Module | str) -> ArchSpec:
+    """The ArchSpec of a model (or of a `config.model_type` string)."""
+    model_type = model_or_type if isinstance(model_or_type, str) else _model_type(model_or_type)
+    for spec in _REGISTRY:
+        if model_type in spec.model_types:
+            return spec
+    raise UnsupportedArchitectureError(
+        f"Architecture {model_type!r} is not supported. Supported model types: "
+        f"{', '.join(supported_model_types())}. To add one, call "
+        "editdecay.models.register_arch(ArchSpec(name=..., model_types=(...,), blocks_path=..., "
+        "mlp_out_template='...{}...', final_norm_path=..., block_modules={...}))."
+    )
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UnsupportedArchitectureError(f"{type(model).__name__} has no `config`; expected a transformers model.")
+    # A PEFT wrapper keeps the base config; text configs of multimodal models are not handled here.
+    return str(config.model_type)
+
+
+def num_blocks(model: nn.Module) -> int:
+    return len(get_module(model, arch_for(model).blocks_path))
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path, with an error that names the path."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError as err:
+        raise KeyError(f"{type(model).__name__} has no module {path!r}") from err
+
+
+def block(model: nn.Module, layer: int) -> nn.Module:
+    check_layers(model, [layer])
+    return get_module(model, arch_for(model).block_path(layer))
+
+
+def mlp_out(model: nn.Module, layer: int) -> nn.Module:
+    check_layers(model, [layer])
+    return get_module(model, arch_for(model).mlp_out_path(layer))
+
+
+def check_layers(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
+    n = num_blocks(model)
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ValueError(f"Layers {bad} are outside the model: it has {n} blocks (valid indices 0..{n - 1}).")
+
+
+def edit_matrix(model: nn.Module, layer: int) -> torch.Tensor:
+    """The MLP output projection of `layer` as W (d_out x d_in), a view when possible (ALGORITHMS §0)."""
+    weight = mlp_out(model, layer).weight
+    return weight.T if arch_for(model).mlp_out_transposed else weight
+
+
+def unembedding(model: nn.Module) -> nn.Module:
+    """The output embedding (lm_head), tied or not: always through the model's accessor."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding (is it a causal LM?).")
+    return head
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    return get_module(model, arch_for(model).final_norm_path)
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    head = model.get_output_embeddings()
+    inputs = model.get_input_embeddings()
+    return head is not None and head.weight.data_ptr() == inputs.weight.data_ptr()
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model size with a recorded edit-layer choice, recognised by its config shape."""
+
+    label: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    edit_layers: tuple[int, ...]
+    how_chosen: str
+
+
+KNOWN_MODELS: tuple[KnownModel, ...] = (
+    KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT)"),
+    KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
+    KnownModel("llama-2-7b / llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)"),
+    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8), "measured sweep, see docs/edit_layers.md"),
+    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7), "measured sweep, see docs/edit_layers.md"),
+)
+
+
+def known_model(model: nn.Module) -> KnownModel | None:
+    config = model.config
+    for known in KNOWN_MODELS:
+        if (known.model_type, known.num_layers, known.hidden_size) == (
+            _model_type(model), num_blocks(model), config.hidden_size
+        ):
+            return known
+    return None
+
+
+def default_edit_layers(model: nn.Module) -> tuple[int, ...]:
+    """Recorded layers for known sizes; otherwise five early-middle blocks starting near depth/8."""
+    known = known_model(model)
+    if known is not None:
+        return known.edit_layers
+    n = num_blocks(model)
+    width = min(5, n)
+    start = min(max(n // 8, 0), n - width)
+    return tuple(range(start, start + width))

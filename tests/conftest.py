@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random models, the optional ../shared/data folder, and real-model markers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("EDITDECAY_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data is absent (looked in {SHARED_DATA}); data-file tests skipped")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (float32), loaded once per test session."""
+    from editdecay.models import ModelLoadError, load_model
+
+    try:
+        return load_model("smollm2-135m")
+    except ModelLoadError as err:
+        pytest.skip(f"SmolLM2-135M not installed: {err}")
+
+
+@pytest.fixture
+def llama_pair():
+    return tiny_model("llama"), tiny_tokenizer(add_bos=True)
