@@ -6,7 +6,8 @@ One `ArchSpec` per family, looked up by `config.model_type`. Register a new fami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class ArchSpec:
     # GPT-2's Conv1D stores its weight as (in_features, out_features): transpose before W @ k.
     mlp_out_transposed: bool = False
     # Short target names (q, k, v, o, gate, up, down) -> module path relative to a block.
-    block_modules: dict[str, str] = field(default_factory=dict)
+    block_modules: dict[str, str] = field(default_factory=dict, hash=False)
 
     def block_path(self, layer: int) -> str:
         return f"{self.blocks_path}.{layer}"
@@ -93,11 +94,17 @@ _REGISTRY: list[ArchSpec] = [
 
 
 def register_arch(spec: ArchSpec) -> None:
-    """Add (or replace, by model type) an architecture family."""
-    for model_type in spec.model_types:
-        for existing in list(_REGISTRY):
-            if model_type in existing.model_types:
-                _REGISTRY.remove(existing)
+    """Add an architecture family; its model types are taken away from any spec that listed them before."""
+    if not spec.model_types:
+        raise ValueError(f"ArchSpec {spec.name!r} lists no model types.")
+    if "{}" not in spec.mlp_out_template:
+        raise ValueError(f"ArchSpec {spec.name!r}: mlp_out_template {spec.mlp_out_template!r} needs '{{}}'.")
+    for index, existing in reversed(list(enumerate(_REGISTRY))):
+        kept = tuple(t for t in existing.model_types if t not in spec.model_types)
+        if not kept:
+            del _REGISTRY[index]
+        elif kept != existing.model_types:
+            _REGISTRY[index] = replace(existing, model_types=kept)
     _REGISTRY.append(spec)
 
 
@@ -122,7 +129,9 @@ def arch_for(model_or_type: nn.Module | str) -> ArchSpec:
 def _model_type(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is None:
-        raise UnsupportedArchitectureError(f"{type(model).__name__} has no `config`; expected a transformers model.")
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no `config`; expected a transformers model."
+        )
     # A PEFT wrapper keeps the base config; text configs of multimodal models are not handled here.
     return str(config.model_type)
 
@@ -151,6 +160,9 @@ def mlp_out(model: nn.Module, layer: int) -> nn.Module:
 
 def check_layers(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
     n = num_blocks(model)
+    not_ints = [layer for layer in layers if isinstance(layer, bool) or not isinstance(layer, Integral)]
+    if not_ints:
+        raise TypeError(f"Layer indices must be integers, got {not_ints}.")
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ValueError(f"Layers {bad} are outside the model: it has {n} blocks (valid indices 0..{n - 1}).")
@@ -196,8 +208,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT)"),
     KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
     KnownModel("llama-2-7b / llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)"),
-    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8), "measured sweep, see docs/edit_layers.md"),
-    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7), "measured sweep, see docs/edit_layers.md"),
+    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8), "PLACEHOLDER"),
+    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7), "PLACEHOLDER"),
 )
 
 

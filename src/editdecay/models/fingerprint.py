@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -34,10 +35,11 @@ def model_fingerprint(model: nn.Module) -> str:
 def _config_identity(config: object) -> str:
     as_dict = dict(config.to_dict())  # type: ignore[attr-defined]
     # Bookkeeping keys that do not change what the model computes.
-    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash",
-                "architectures", "use_cache"):
+    for key in ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                "_commit_hash", "architectures", "use_cache"):
         as_dict.pop(key, None)
-    return repr(sorted(as_dict.items(), key=lambda kv: kv[0]))
+    # sort_keys reaches nested dicts (rope parameters, ...), whose order depends on how the config was built.
+    return json.dumps(as_dict, sort_keys=True, default=str)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:

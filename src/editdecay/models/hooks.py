@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Literal
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 Positions = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
-class StopForward(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopForward(Exception):
     """Raised by `stop_after` to end a forward pass once the needed modules have run."""
 
 
@@ -38,7 +38,9 @@ def gather_positions(hidden: torch.Tensor, positions: Positions) -> torch.Tensor
     return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
 
-def _flatten(positions: Sequence[int] | Sequence[Sequence[int]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _flatten(
+    positions: Sequence[int] | Sequence[Sequence[int]], batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     if len(positions) != batch:
         raise ValueError(f"Got positions for {len(positions)} rows but the batch has {batch}.")
     rows: list[int] = []
@@ -56,16 +58,19 @@ def record(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record each named module's first input or its hidden output for the forward passes run inside.
 
-    The dict is filled on each forward (last call wins): `{name: (batch, seq, dim)}`.
+    The dict is filled on each forward (last call wins): `{name: (batch, seq, dim)}`. The input is the
+    first positional argument, or the `hidden_states` keyword when the module is called by keywords only.
     """
+    if what not in ("input", "output"):
+        raise ValueError(f"record(..., what={what!r}): choose 'input' or 'output'.")
     recorded: dict[str, torch.Tensor] = {}
     handles = []
     for name in module_names:
         module = model.get_submodule(name)
         if what == "input":
-            def pre_hook(_mod: nn.Module, args: tuple, _name: str = name) -> None:
-                recorded[_name] = args[0]
-            handles.append(module.register_forward_pre_hook(pre_hook))
+            def pre_hook(_mod: nn.Module, args: tuple, kwargs: dict, _name: str = name) -> None:
+                recorded[_name] = args[0] if args else kwargs["hidden_states"]
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         else:
             def hook(_mod: nn.Module, _args: tuple, output: torch.Tensor | tuple, _name: str = name) -> None:
                 recorded[_name] = hidden_of(output)
@@ -101,6 +106,11 @@ def add_at_positions(module: nn.Module, vectors: torch.Tensor, positions: Positi
     def add(hidden: torch.Tensor) -> torch.Tensor:
         batch = hidden.shape[0]
         vecs = vectors.expand(batch, -1) if vectors.dim() == 1 else vectors
+        if vecs.shape != (batch, hidden.shape[-1]):
+            raise ValueError(
+                f"add_at_positions: vectors of shape {tuple(vectors.shape)} do not fit hidden states "
+                f"of shape {tuple(hidden.shape)}; pass (dim,) or (batch, dim)."
+            )
         if isinstance(positions, torch.Tensor):
             rows, cols = torch.arange(batch), positions.cpu()
             row_vectors = vecs
@@ -132,8 +142,5 @@ def stop_after(module: nn.Module) -> Iterator[None]:
 
 def run_until(model: nn.Module, last_module: nn.Module, **inputs: torch.Tensor) -> None:
     """Run a forward pass that ends right after `last_module` (saves the blocks above it)."""
-    with stop_after(last_module):
-        try:
-            model(**inputs)
-        except StopForward:
-            pass
+    with stop_after(last_module), suppress(StopForward):
+        model(**inputs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import shutil
 import logging
 import os
 import re
@@ -14,14 +13,23 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from editdecay.models.fingerprint import file_sha256, model_fingerprint
+from editdecay.storage import atomic_directory
 
 log = logging.getLogger(__name__)
 
 DType = Literal["float32", "bfloat16", "float16"]
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -51,7 +59,11 @@ DEFAULT_MODEL = "smollm2-135m"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load. `source` is a built-in alias, a `.gguf` file, a local directory or a hub id."""
+    """What to load. `source` is a built-in alias, a `.gguf` file, a local directory or a hub id.
+
+    `cache_dir` is editdecay's own cache (dequantized GGUF models; default `default_cache_dir()`).
+    `hf_cache_dir` is the Hugging Face hub cache used for hub ids (default: the hub's own, HF_HUB_CACHE).
+    """
 
     source: str = DEFAULT_MODEL
     revision: str | None = None
@@ -59,6 +71,7 @@ class ModelSpec:
     device: str = "cpu"
     trust_remote_code: bool = False
     cache_dir: str | None = None
+    hf_cache_dir: str | None = None
 
     @property
     def kind(self) -> Literal["builtin", "gguf", "local", "hub"]:
@@ -97,8 +110,7 @@ def load_model(spec: ModelSpec | str, **overrides: object) -> LoadedModel:
         spec = ModelSpec(source=spec, **overrides)  # type: ignore[arg-type]
     elif overrides:
         raise TypeError("Pass either a ModelSpec or a source string with keyword overrides, not both.")
-    if spec.dtype not in _DTYPES:
-        raise ModelLoadError(f"Unknown dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)}.")
+    _check_spec(spec)
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
 
     kind = spec.kind
@@ -107,11 +119,13 @@ def load_model(spec: ModelSpec | str, **overrides: object) -> LoadedModel:
     elif kind == "gguf":
         model, tokenizer, origin = _load_gguf(Path(spec.source).expanduser(), spec, cache)
     elif kind == "local":
-        model, tokenizer = _load_pretrained(str(Path(spec.source).expanduser()), spec, None)
+        model, tokenizer = _load_pretrained(str(Path(spec.source).expanduser()), spec)
         origin = f"local directory {spec.source}"
     else:
         _check_hub_id(spec.source)
-        model, tokenizer = _load_pretrained(spec.source, spec, spec.revision)
+        model, tokenizer = _load_pretrained(
+            spec.source, spec, revision=spec.revision, cache_dir=spec.hf_cache_dir
+        )
         origin = f"hub {spec.source}@{spec.revision or 'main'}"
 
     model.to(device=spec.device, dtype=_DTYPES[spec.dtype])
@@ -120,6 +134,21 @@ def load_model(spec: ModelSpec | str, **overrides: object) -> LoadedModel:
     _ensure_pad_token(tokenizer)
     log.info("Loaded %s (%s)", spec.source, origin)
     return LoadedModel(model, tokenizer, spec, model_fingerprint(model), origin)
+
+
+def _check_spec(spec: ModelSpec) -> None:
+    if spec.dtype not in _DTYPES:
+        raise ModelLoadError(f"Unknown dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)}.")
+    try:
+        device = torch.device(spec.device)
+    except (RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"Unknown device {spec.device!r} ({err}); use e.g. 'cpu' or 'cuda:0'.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {spec.device!r} was requested but CUDA is not available; use 'cpu'.")
+    if spec.revision is not None and spec.kind != "hub":
+        raise ModelLoadError(
+            f"A revision ({spec.revision!r}) only applies to hub ids; {spec.source!r} is a {spec.kind} model."
+        )
 
 
 def _check_hub_id(source: str) -> None:
@@ -131,18 +160,38 @@ def _check_hub_id(source: str) -> None:
 
 
 def _load_pretrained(
-    name_or_dir: str, spec: ModelSpec, revision: str | None
+    name_or_dir: str, spec: ModelSpec, *, revision: str | None = None, cache_dir: str | None = None
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    kwargs = {"revision": revision, "trust_remote_code": spec.trust_remote_code}
+    kwargs = {"revision": revision, "trust_remote_code": spec.trust_remote_code, "cache_dir": cache_dir}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=_DTYPES[spec.dtype], **kwargs)
-    except OSError as err:
+        config = AutoConfig.from_pretrained(name_or_dir, **kwargs)
+        _drop_quantization(config)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_dir, config=config, dtype=_DTYPES[spec.dtype], **kwargs
+        )
+    except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"Could not load {name_or_dir!r}{f' at revision {revision}' if revision else ''}: {err}. "
-            "Hub ids need network access (or a populated Hugging Face cache with HF_HUB_OFFLINE=1)."
+            f"Could not load {name_or_dir!r}{f' at revision {revision}' if revision else ''}: {err}\n"
+            "A hub id needs network access, or a populated Hugging Face cache and HF_HUB_OFFLINE=1; "
+            "a local directory needs config.json, the weights and the tokenizer files (save_pretrained)."
         ) from err
     return model, tokenizer
+
+
+def _drop_quantization(config: PretrainedConfig) -> None:
+    """Forget a GGUF "quantization" record: the weights were dequantized, and a model that reports itself
+    quantized is refused by full fine-tuning (Trainer) and treated specially by PEFT."""
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None and _quant_method(quantization) == "gguf":
+        del config.quantization_config
+
+
+def _quant_method(quantization: object) -> str:
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(
+        quantization, "quant_method", None
+    )
+    return str(getattr(method, "value", method))
 
 
 def builtin_gguf_path(alias: str) -> Path:
@@ -157,7 +206,14 @@ def builtin_gguf_path(alias: str) -> Path:
         )
     package_dir = Path(next(iter(found.submodule_search_locations)))
     if alias == "gemma3-270m":
-        return Path(importlib.import_module(builtin.package).assemble())
+        # The package ships the file in parts (separate packages) and joins them on first use.
+        try:
+            return Path(importlib.import_module(builtin.package).assemble())
+        except (ImportError, OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"Could not assemble the built-in model {alias!r} from its package parts ({err}). "
+                f"Reinstall with:\n    {builtin.install}"
+            ) from err
     files = sorted(package_dir.glob("*.gguf"))
     if not files:
         raise ModelLoadError(f"No .gguf file inside {package_dir}; reinstall with: {builtin.install}")
@@ -169,27 +225,32 @@ def _load_gguf(path: Path, spec: ModelSpec, cache: Path) -> tuple[nn.Module, Pre
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
     cached = cache / "gguf" / file_sha256(path)
-    if (cached / "model.safetensors").is_file() or any(cached.glob("model*.safetensors")):
-        model, tokenizer = _load_pretrained(str(cached), spec, None)
+    if any(cached.glob("model*.safetensors")):
+        model, tokenizer = _load_pretrained(str(cached), spec)
         return model, tokenizer, f"dequantized cache {cached}"
 
     log.info("Dequantizing %s (first load; cached afterwards under %s)", path, cached)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"Could not read the GGUF file {path}: {err}") from err
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and state dict.
-    config = AutoConfig.for_model(**loaded.config.to_dict())
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict), dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     if plain.config.tie_word_embeddings:
         plain.tie_weights()
-    # Written under a temporary name and renamed, so an interrupted first load leaves no half cache.
-    staging = cached.with_name(cached.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(cached, ignore_errors=True)
-    staging.rename(cached)
-    model, tokenizer = _load_pretrained(str(cached), spec, None)
+    del loaded
+    # Staged under a unique name and renamed: an interrupted or concurrent first load leaves no half cache.
+    with atomic_directory(cached) as staging:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    del plain
+    model, tokenizer = _load_pretrained(str(cached), spec)
     return model, tokenizer, f"dequantized from {path}"
 
 

@@ -1,0 +1,96 @@
+"""`editdecay run`, `grid`, `report` and `demo`: the pipeline commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from editdecay.cli.app import app
+from editdecay.config import ConfigError, load_experiment, load_grid
+
+STORE_OPTION = typer.Option(Path("artifacts"), "--store", help="Artifact store (statistics, patches, fine-tunes).")
+RUNS_OPTION = typer.Option(Path("runs"), "--runs", help="Where run directories are written.")
+SET_OPTION = typer.Option(None, "--set", "-s", help="Override a config key: section.key=value (repeatable).")
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command("run")
+def run_command(config: Path = typer.Argument(..., help="Experiment YAML file."), store: Path = STORE_OPTION,
+                runs: Path = RUNS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+    """Run one experiment: edit, fine-tune, evaluate M / Med / Mft / Med_ft, write a run directory."""
+    from editdecay.experiments import run_experiment
+    from editdecay.reporting import format_run_summary
+
+    try:
+        experiment = load_experiment(config, overrides or [])
+    except ConfigError as err:
+        raise _fail(err) from None
+    result = run_experiment(experiment, store, runs)
+    typer.echo(format_run_summary(result.run_dir))
+    typer.echo(f"\nrun directory: {result.run_dir}")
+
+
+@app.command("grid")
+def grid_command(config: Path = typer.Argument(..., help="Grid YAML file (base + lists of values)."),
+                 store: Path = STORE_OPTION, runs: Path = RUNS_OPTION, overrides: list[str] = SET_OPTION,
+                 executor: str = typer.Option("local", help="local | ray"),
+                 address: str = typer.Option(None, help="Ray cluster address (auto, ray://host:10001)."),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
+                 ) -> None:
+    """Run every configuration of a grid, reusing shared artifacts."""
+    from editdecay.experiments import ArtifactStore, expand_grid, make_executor, plan_grid
+
+    try:
+        configs = expand_grid(load_grid(config, overrides or []))
+    except ConfigError as err:
+        raise _fail(err) from None
+    for line in plan_grid(configs, ArtifactStore(store), runs).lines():
+        typer.echo(line)
+    if dry_run:
+        return
+    options = {"address": address} if executor == "ray" else {}
+    try:
+        runner = make_executor(executor, **options)
+    except ValueError as err:
+        raise _fail(err) from None
+    results = runner.run(configs, store, runs)
+    typer.echo(f"\n{len(results)} runs in {runs}; make tables with: editdecay report {runs} --out report")
+
+
+@app.command("report")
+def report_command(runs_dir: Path = typer.Argument(..., help="Directory holding run directories."),
+                   out: Path = typer.Option(Path("report"), "--out", help="Report directory.")) -> None:
+    """Paper-style tables (markdown, LaTeX, CSV) and figures (PNG, PDF) from stored results only."""
+    from editdecay.reporting import ReportError, write_report
+
+    try:
+        written = write_report(runs_dir, out)
+    except ReportError as err:
+        raise _fail(err) from None
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
+@app.command("demo")
+def demo_command(out: Path = typer.Option(Path("demo-out"), "--out", help="Store, runs and report go here."),
+                 quick: bool = typer.Option(False, "--quick", help="Reduced sizes (CI smoke run)."),
+                 overrides: list[str] = SET_OPTION) -> None:
+    """The main job: SmolLM2-135M, built-in edits, MEMIT and AlphaEdit, LoRA (all / edited layers), full report."""
+    from editdecay.experiments import ArtifactStore, LocalExecutor, expand_grid, plan_grid
+    from editdecay.reporting import demo_table, write_report
+
+    preset = Path(__file__).resolve().parents[1] / "presets" / ("demo-quick.yaml" if quick else "demo.yaml")
+    start = time.perf_counter()
+    configs = expand_grid(load_grid(preset, overrides or []))
+    store, runs = out / "artifacts", out / "runs"
+    for line in plan_grid(configs, ArtifactStore(store), runs).lines():
+        typer.echo(line)
+    LocalExecutor().run(configs, store, runs)
+    written = write_report(runs, out / "report")
+    typer.echo("\n" + demo_table(runs))
+    typer.echo(f"\nreport: {out / 'report'} ({len(written)} files); wall time {time.perf_counter() - start:.0f} s")

@@ -1,0 +1,22 @@
+"""Experiments: the four model groups of one configuration, grids, the artifact store, executors."""
+
+from editdecay.experiments.executors import EXECUTORS, Executor, LocalExecutor, RayExecutor, make_executor
+from editdecay.experiments.grid import GridPlan, expand_grid, plan_grid
+from editdecay.experiments.runner import GROUPS, RunResult, run_experiment, stage_keys
+from editdecay.experiments.store import ArtifactStore
+
+__all__ = [
+    "EXECUTORS",
+    "GROUPS",
+    "ArtifactStore",
+    "Executor",
+    "GridPlan",
+    "LocalExecutor",
+    "RayExecutor",
+    "RunResult",
+    "expand_grid",
+    "make_executor",
+    "plan_grid",
+    "run_experiment",
+    "stage_keys",
+]

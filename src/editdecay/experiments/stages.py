@@ -1,0 +1,219 @@
+"""The stages of one experiment, each producing (or reusing) one artifact of the store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from editdecay.data import EditRequest, load_corpus
+from editdecay.editing import StatsStore, WeightPatch, build_editor
+from editdecay.evaluation import (
+    activation_shift,
+    decay_summary,
+    edit_metrics,
+    evaluate_tasks,
+    load_task,
+    outcome_classes,
+    probe_prompts,
+    score_edits,
+    summarize_edit_metrics,
+    task_accuracy,
+    task_available,
+)
+from editdecay.experiments.runner import GROUPS, _Run, deep_copy_model, environment_info, with_group
+from editdecay.finetuning import FinetuneResult, FinetuneSpec, finetune, load_finetuned
+from editdecay.storage import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def edit_stage(run: _Run, requests: list[EditRequest], key: str) -> WeightPatch:
+    config, base = run.config, run.base
+    assert base is not None
+
+    def compute(path: Path) -> None:
+        editor = build_editor(config.editor.name, dict(config.editor.hparams) or None, preset=config.editor.preset)
+        patch = editor.edit(base.model, base.tokenizer, requests, stats=StatsStore(run.store.stats_root),
+                            seed=config.editor.seed, fingerprint=base.fingerprint)
+        patch.save(path / "patch")
+
+    path = run.stage("edit", "patches", key, compute)
+    return WeightPatch.load(path / "patch")
+
+
+def _finetune_spec(run: _Run) -> FinetuneSpec:
+    ft = run.config.finetune
+    return FinetuneSpec.from_dict({"method": ft.method, "layers": ft.layers, **ft.hparams})
+
+
+def _finetune(run: _Run, name: str, key: str, model: nn.Module, fingerprint: str, edit_layers: list[int]) -> Path:
+    ft, base = run.config.finetune, run.base
+    assert base is not None
+
+    def compute(path: Path) -> None:
+        examples = load_corpus(ft.corpus, max_examples=ft.max_examples, seed=ft.corpus_seed)
+        finetune(model, base.tokenizer, examples, _finetune_spec(run), out_dir=path / "result",
+                 edited_layers=edit_layers, base_fingerprint=fingerprint)
+
+    return run.stage(name, "finetunes", key, compute) / "result"
+
+
+def build_groups(run: _Run, patch: WeightPatch, keys: dict[str, str]) -> None:
+    """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med (each a separate model object)."""
+    base = run.base
+    assert base is not None
+    med = deep_copy_model(base.model)
+    patch.apply(med)
+    run.models["Med"] = med
+    ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers)
+    ft_edited = _finetune(run, "finetune Med", keys["ft_edited"], med, patch.patch_id, patch.layers)
+    run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
+    run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
+
+
+def _task_names(run: _Run) -> tuple[list[str], Path | None]:
+    evaluation = run.config.evaluation
+    data_dir = Path(evaluation.task_data_dir) if evaluation.task_data_dir else None
+    available = [t for t in evaluation.tasks if task_available(t, data_dir)]
+    for missing in sorted(set(evaluation.tasks) - set(available)):
+        log.warning("Downstream task %s skipped: its data is not available under %s", missing, data_dir)
+    return available, data_dir
+
+
+def evaluate_stage(run: _Run, group: str, requests: list[EditRequest], control: list[EditRequest],
+                   key: str) -> dict[str, pd.DataFrame]:
+    """Edit table, control table and downstream records of one model group."""
+    evaluation, base = run.config.evaluation, run.base
+    assert base is not None
+    model, tokenizer = run.models[group], base.tokenizer
+
+    def compute(path: Path) -> None:
+        score_edits(model, tokenizer, requests, batch_size=evaluation.batch_size).to_parquet(path / "edits.parquet")
+        if control:
+            score_edits(model, tokenizer, control, batch_size=evaluation.batch_size).to_parquet(
+                path / "control.parquet")
+        tasks, data_dir = _task_names(run)
+        if tasks:
+            evaluate_tasks(model, tokenizer, tasks, data_dir=data_dir, mode=evaluation.task_mode,
+                           limit=evaluation.task_limit, batch_size=evaluation.batch_size).to_parquet(
+                path / "downstream.parquet")
+
+    path = run.stage(f"evaluate {group}", "evals", key, compute)
+    return {name: pd.read_parquet(file) for name in ("edits", "control", "downstream")
+            if (file := path / f"{name}.parquet").is_file()}
+
+
+def activation_stage(run: _Run, requests: list[EditRequest], key: str, edit_layers: list[int]) -> pd.DataFrame | None:
+    evaluation, base = run.config.evaluation, run.base
+    if not evaluation.activations:
+        return None
+    assert base is not None
+
+    def compute(path: Path) -> None:
+        tasks, data_dir = _task_names(run)
+        items = [item for task in tasks for item in load_task(task, data_dir, limit=evaluation.task_limit)]
+        prompts = probe_prompts(requests, items, limit=evaluation.activation_prompts)
+        table = activation_shift({g: run.models[g] for g in GROUPS}, base.tokenizer, prompts,
+                                 batch_size=evaluation.batch_size)
+        table["edited_layer"] = table["layer"].isin(edit_layers)
+        table.to_parquet(path / "activations.parquet")
+
+    return pd.read_parquet(run.stage("activations", "activations", key, compute) / "activations.parquet")
+
+
+def _per_edit(tables: dict[str, dict[str, pd.DataFrame]], name: str) -> dict[str, pd.DataFrame]:
+    return {group: edit_metrics(tables[group][name]) for group in GROUPS if name in tables[group]}
+
+
+def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables: dict[str, dict[str, pd.DataFrame]],
+                  activations: pd.DataFrame | None, patch: WeightPatch, keys: dict[str, str],
+                  wall_seconds: float) -> None:
+    """All tables of the run plus summary.json, each written atomically, DONE last."""
+    config, run_id = run.config, run.config.config_hash()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.model_dump(mode="json"))
+
+    run_row = _run_row(run, patch)
+    _write_parquet(run_dir / "run.parquet", pd.DataFrame([run_row]))
+    summary: dict[str, Any] = {"run_id": run_id, "name": config.name, "config": config.model_dump(mode="json"),
+                               "edit_layers": patch.layers, "artifacts": keys, "environment": environment_info(),
+                               "executed_stages": run.executed, "stage_seconds": run.timings,
+                               "wall_seconds": wall_seconds}
+    metric_rows = []
+    for set_name in ("edits", "control"):
+        per_edit = _per_edit(tables, set_name)
+        if not per_edit:
+            continue
+        scored = pd.concat([with_group(tables[g][set_name], g) for g in per_edit], ignore_index=True)
+        _write_parquet(run_dir / f"{set_name}.parquet", _with_run_id(scored, run_id))
+        per_edit_all = pd.concat([with_group(t, g) for g, t in per_edit.items()], ignore_index=True)
+        _write_parquet(run_dir / f"{set_name}_per_edit.parquet", _with_run_id(per_edit_all, run_id))
+        group_metrics = {g: summarize_edit_metrics(t) for g, t in per_edit.items()}
+        decay = decay_summary(per_edit)
+        summary[set_name] = {"groups": group_metrics, "decay": decay}
+        for group, metrics in group_metrics.items():
+            metric_rows.append({"run_id": run_id, "set": set_name, "group": group,
+                                **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        if set_name == "edits":
+            outcomes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit["M"])
+            outcomes = outcomes.merge(_request_frame(requests), on="case_id", how="left")
+            _write_parquet(run_dir / "outcomes.parquet", _with_run_id(outcomes, run_id))
+            _write_parquet(run_dir / "decay.parquet", pd.DataFrame([{"run_id": run_id, **_flat(decay)}]))
+
+    downstream = [with_group(tables[g]["downstream"], g) for g in GROUPS if "downstream" in tables[g]]
+    if downstream:
+        records = pd.concat(downstream, ignore_index=True)
+        _write_parquet(run_dir / "downstream.parquet", _with_run_id(records, run_id))
+        accuracy = {g: task_accuracy(t).set_index("task")["accuracy"].to_dict()
+                    for g, t in zip(GROUPS, downstream, strict=False)}
+        summary["downstream"] = accuracy
+        for row in metric_rows:
+            if row["set"] == "edits":
+                row["downstream_avg"] = accuracy.get(row["group"], {}).get("average")
+    _write_parquet(run_dir / "metrics.parquet", pd.DataFrame(metric_rows))
+    if activations is not None:
+        _write_parquet(run_dir / "activations.parquet", _with_run_id(activations, run_id))
+    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_text(run_dir / "DONE", "ok\n")
+
+
+def _run_row(run: _Run, patch: WeightPatch) -> dict[str, Any]:
+    config = run.config
+    layers = config.finetune.layers
+    return {"run_id": config.config_hash(), "name": config.name, "model": config.model.source,
+            "dataset": Path(config.edits.dataset).stem if "/" in config.edits.dataset else config.edits.dataset,
+            "n_edits": config.edits.n, "editor": config.editor.name, "ft_method": config.finetune.method,
+            "ft_layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
+            "edit_layers": ",".join(map(str, patch.layers))}
+
+
+def _request_frame(requests: list[EditRequest]) -> pd.DataFrame:
+    return pd.DataFrame([{"case_id": r.case_id, "subject": r.subject, "prompt": r.prompt,
+                          "target_new": r.target_new, "target_true": r.target_true} for r in requests])
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def _with_run_id(table: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    table = table.copy()
+    table.insert(0, "run_id", run_id)
+    return table
+
+
+def _write_parquet(path: Path, table: pd.DataFrame) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(staging, index=False)
+    staging.replace(path)

@@ -1,0 +1,60 @@
+"""Content-addressed artifact store: one directory per (kind, key), complete only once marked DONE."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+KINDS = ("stats", "patches", "finetunes", "evals", "activations")
+DONE = "DONE"
+
+
+class ArtifactStore:
+    """Artifacts live at `root/<kind>/<key>/`; `DONE` is written last, so a half-made one is never read.
+
+    Workers on one machine (or a shared filesystem with POSIX locks) coordinate through `lock`, so an
+    artifact needed by two configurations is computed once.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, kind: str, key: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+        return self.root / kind / key
+
+    def is_done(self, kind: str, key: str) -> bool:
+        return (self.path(kind, key) / DONE).is_file()
+
+    def mark_done(self, kind: str, key: str) -> None:
+        path = self.path(kind, key)
+        (path / DONE).write_text("ok\n")
+
+    @contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[Path]:
+        """Hold an exclusive lock on one artifact while checking for it and computing it."""
+        path = self.path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = path.parent / f".{key}.lock"
+        with open(lock_file, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @property
+    def stats_root(self) -> Path:
+        return self.root / "stats"
+
+    def clear_incomplete(self, kind: str, key: str) -> None:
+        """Remove a partial artifact directory left by an interrupted writer that cannot resume."""
+        path = self.path(kind, key)
+        if path.exists() and not self.is_done(kind, key):
+            for child in sorted(path.rglob("*"), reverse=True):
+                child.rmdir() if child.is_dir() else child.unlink()
+            os.rmdir(path)

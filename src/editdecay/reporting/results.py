@@ -1,0 +1,32 @@
+"""Stored results as DuckDB views over every run directory's parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+# Each view reads one parquet file name from every complete run directory.
+VIEWS = ("run", "metrics", "decay", "outcomes", "activations")
+
+
+class ReportError(ValueError):
+    """No usable results, or results missing what a table needs."""
+
+
+def connect(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with one view per table; only runs with a DONE marker are read."""
+    runs_dir = Path(runs_dir)
+    complete = sorted(p.parent for p in runs_dir.glob("*/DONE"))
+    if not complete:
+        raise ReportError(f"No complete runs under {runs_dir} (a run directory is complete once it has DONE).")
+    con = duckdb.connect()
+    for view in VIEWS:
+        files = [str(run / f"{view}.parquet") for run in complete if (run / f"{view}.parquet").is_file()]
+        if files:
+            con.read_parquet(files, union_by_name=True).create_view(view)
+    return con
+
+
+def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0])

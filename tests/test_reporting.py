@@ -1,0 +1,108 @@
+"""Report tables and figures on a small hand-made set of stored results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from editdecay.reporting import ReportError, connect, demo_table, write_report
+from editdecay.reporting.tables import decrease_rate, delta_es_efr, es_before_after, outcome_examples, selective_layers
+
+
+def make_run(root: Path, run_id: str, editor: str, method: str, layers: str, es: dict[str, float],
+             complete: bool = True) -> None:
+    run = root / run_id
+    run.mkdir(parents=True)
+    pd.DataFrame([{"run_id": run_id, "name": run_id, "model": "tiny", "dataset": "builtin", "n_edits": 4,
+                   "editor": editor, "ft_method": method, "ft_layers": layers, "edit_layers": "1,2"}]
+                 ).to_parquet(run / "run.parquet")
+    rows = [{"run_id": run_id, "set": "edits", "group": g, "es": v, "ps": v / 2, "ns": 100 - v,
+             "downstream_avg": 50.0 + i} for i, (g, v) in enumerate(es.items())]
+    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 90.0, "ps": 80.0, "ns": 70.0,
+              "downstream_avg": None} for g in es]
+    pd.DataFrame(rows).to_parquet(run / "metrics.parquet")
+    before, after = es["Med"], es["Med_ft"]
+    pd.DataFrame([{"run_id": run_id, "delta_es_pp": before - after, "decrease_rate": (before - after) / before,
+                   "efr": 0.25, "flips": 1, "successes_after_edit": 4, "reverse_flip_ratio": 0.0,
+                   "reverse_flips": 0}]).to_parquet(run / "decay.parquet")
+    pd.DataFrame([{"run_id": run_id, "case_id": str(i), "outcome": outcome, "prompt": f"p{i}", "target_true": "a",
+                   "target_new": "b", "answer_M": "a", "answer_Med": "b", "answer_Med_ft": "c",
+                   "erased_to": "third" if outcome == "erased" else None}
+                  for i, outcome in enumerate(["stable", "stable", "erased", "impossible"])]
+                 ).to_parquet(run / "outcomes.parquet")
+    pd.DataFrame([{"run_id": run_id, "layer": layer, "pair": pair, "drift": float(layer), "similarity": 0.5,
+                   "edited_layer": layer in (1, 2)} for layer in range(4) for pair in ("Med-M", "Mft-M")]
+                 ).to_parquet(run / "activations.parquet")
+    if complete:
+        (run / "DONE").write_text("ok\n")
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "r1", "memit", "lora", "all", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 80.0})
+    make_run(root, "r2", "memit", "dora", "all", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 60.0})
+    make_run(root, "r3", "alphaedit", "lora", "all", {"M": 10.0, "Med": 90.0, "Mft": 10.0, "Med_ft": 45.0})
+    make_run(root, "r4", "memit", "lora", "edited", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 20.0})
+    make_run(root, "r5", "memit", "full", "all", {"M": 0.0, "Med": 1.0, "Mft": 0.0, "Med_ft": 0.0}, complete=False)
+    return root
+
+
+def test_incomplete_runs_are_ignored_and_empty_dir_is_an_error(runs: Path, tmp_path: Path) -> None:
+    con = connect(runs)
+    assert sorted(con.execute("SELECT run_id FROM run").df()["run_id"]) == ["r1", "r2", "r3", "r4"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="No complete runs"):
+        connect(tmp_path / "empty")
+
+
+def test_table1_es_before_after_per_method(runs: Path) -> None:
+    table = es_before_after(connect(runs)).set_index("editor")
+    assert table.loc["memit", "lora es_before"] == 100.0
+    assert table.loc["memit", "lora es_after"] == 80.0  # r4 (edited layers only) is not in Table 1
+    assert table.loc["memit", "dora es_after"] == 60.0
+    assert table.loc["alphaedit", "lora es_after"] == 45.0
+    assert pd.isna(table.loc["alphaedit", "dora es_after"])
+
+
+def test_table2_decrease_rate_with_averages(runs: Path) -> None:
+    table = decrease_rate(connect(runs)).set_index("model")
+    # lora: memit 20% and alphaedit 50% -> 35%; dora: memit 40%.
+    assert table.loc["tiny", "lora"] == pytest.approx(35.0)
+    assert table.loc["tiny", "dora"] == pytest.approx(40.0)
+    assert table.loc["tiny", "Average"] == pytest.approx(37.5)
+    assert table.loc["Average", "lora"] == pytest.approx(35.0)
+
+
+def test_table3_and_table5(runs: Path) -> None:
+    con = connect(runs)
+    table3 = delta_es_efr(con)
+    assert len(table3) == 4
+    assert sorted(table3["delta_es_pp"]) == [20.0, 40.0, 45.0, 80.0]
+    assert set(table3["efr"]) == {25.0}
+    table5 = selective_layers(con).set_index(["editor", "ft_method", "ft_layers"])
+    assert table5.loc[("memit", "lora", "edited"), "es"] == 20.0
+    assert table5.loc[("memit", "lora", "edited"), "ps"] == 10.0
+    assert table5.loc[("memit", "lora", "edited"), "downstream_avg"] == 53.0
+
+
+def test_outcome_examples_one_per_class_with_counts(runs: Path) -> None:
+    table = outcome_examples(connect(runs))
+    assert list(table["outcome"]) == ["stable", "erased", "impossible"]
+    assert list(table["class_count"]) == [8, 4, 4]
+    assert table.set_index("outcome").loc["erased", "erased_to"] == "third"
+
+
+def test_write_report_writes_every_format_and_nonempty_figures(runs: Path, tmp_path: Path) -> None:
+    written = write_report(runs, tmp_path / "report")
+    names = {p.name for p in written}
+    for stem in ("table1_es_before_after", "table2_decrease_rate", "table3_delta_es_efr",
+                 "table4_outcome_examples", "table5_selective_layers", "table6_downstream_by_edits"):
+        assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= names
+    for stem in ("fig2_es_before_after", "fig3_activation_shift_memit", "fig3_activation_shift_alphaedit"):
+        for suffix in (".png", ".pdf"):
+            assert (tmp_path / "report" / f"{stem}{suffix}").stat().st_size > 1000
+    assert "\\begin{tabular}" in (tmp_path / "report" / "table3_delta_es_efr.tex").read_text()
+    assert "ES(Med_ft)" in demo_table(runs)
