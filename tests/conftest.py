@@ -10,9 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from tiny import tiny_model, tiny_tokenizer
 
-SHARED_DATA = Path(os.environ.get("EDITDECAY_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+_DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("EDITDECAY_SHARED_DATA", _DEFAULT_SHARED))
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_overrides_are_parsed_as_yaml_and_applied(tmp_path: Path) -> None:
 
 
 def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_overrides(["edits.n"])
     with pytest.raises(ConfigError, match="not found"):
         load_experiment(tmp_path / "absent.yaml")
@@ -79,7 +79,7 @@ def test_grid_expands_cartesian_product() -> None:
 
 def test_grid_bad_combination_names_key(tmp_path: Path) -> None:
     path = write(tmp_path, "base: {}\ngrid:\n  finetune.method: [lora, qlora]\n")
-    with pytest.raises(ConfigError, match="finetune.method"):
+    with pytest.raises(ConfigError, match=r"finetune\.method"):
         load_grid(path)
     with pytest.raises(ConfigError, match="empty list"):
         load_grid(write(tmp_path, "grid:\n  editor.name: []\n"))

@@ -25,7 +25,6 @@ from editdecay.data import EditRequest, load_edit_requests
 from editdecay.experiments.keys import data_source_key, model_source_key, stable_hash
 from editdecay.experiments.store import ArtifactStore
 from editdecay.models import LoadedModel, ModelSpec, load_model
-from editdecay.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 

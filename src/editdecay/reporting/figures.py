@@ -8,10 +8,10 @@ import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from editdecay.reporting.results import has_view  # noqa: E402
+from editdecay.reporting.results import has_view
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
