@@ -37,3 +37,15 @@ def smollm2():
 @pytest.fixture
 def llama_pair():
     return tiny_model("llama"), tiny_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tests with one torch thread: tiny models are overhead-bound, and on a shared CPU
+    two spinning threads per process make them many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -80,7 +80,8 @@ _FALSE_FACTS = (
     "is the ocean made of fresh water", "does a thermometer measure weight", "do penguins fly long distances",
     "does metal melt in a glass of cold water", "is a triangle a shape with four sides",
     "does an umbrella keep a person dry by making rain", "does cold weather make water boil",
-    "do people need sand to live", "does a shadow form where light shines freely", "can a rock soak up water like a sponge",
+    "do people need sand to live", "does a shadow form where light shines freely",
+    "can a rock soak up water like a sponge",
     "does a clock measure distance", "do trees walk from place to place", "is steam colder than ice",
     "does rain fall upward", "do snakes have legs", "is a mountain smaller than a marble",
 )

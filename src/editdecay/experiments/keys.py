@@ -54,12 +54,22 @@ def _directory_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def data_source_key(source: str) -> str:
-    """Identity of an edit dataset or corpus: built-in names by their packaged content, files by sha256."""
-    builtin_files = {"builtin": "edits.json", "builtin-control": "control.json"}
-    if source in builtin_files:
-        text = resources.files("editdecay.data").joinpath("builtin", builtin_files[source]).read_bytes()
-        return f"{source}:{hashlib.sha256(text).hexdigest()[:16]}"
+# Built-in data by the packaged file that defines it: the suites' JSON, the corpus generator's code.
+_BUILTIN_SOURCES = {
+    "edits": {"builtin": "builtin/edits.json", "builtin-control": "builtin/control.json"},
+    "corpus": {"builtin": "builtin_corpus.py"},
+}
+
+
+def data_source_key(source: str, kind: str = "edits") -> str:
+    """Identity of an edit dataset (`kind="edits"`) or a fine-tuning corpus (`kind="corpus"`).
+
+    Built-in names are keyed by the packaged file that defines them, files and directories by content.
+    """
+    builtin = _BUILTIN_SOURCES[kind].get(source)
+    if builtin is not None:
+        content = resources.files("editdecay.data").joinpath(builtin).read_bytes()
+        return f"{kind}:{source}:{hashlib.sha256(content).hexdigest()[:16]}"
     path = Path(source)
     if path.is_file():
         return f"file:{file_sha256(path)[:16]}"

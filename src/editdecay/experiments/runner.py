@@ -87,7 +87,7 @@ def stage_keys(config: ExperimentConfig, edit_layers: list[int] | None = None) -
     patch_key = stable_hash("patch", model_key, edits_key, config.editor.model_dump(mode="json"))
     layers = None if config.finetune.layers == "all" else edit_layers
     ft = config.finetune.model_dump(mode="json")
-    corpus_key = data_source_key(config.finetune.corpus)
+    corpus_key = data_source_key(config.finetune.corpus, "corpus")
     keys = {
         "model": model_key,
         "edits": edits_key,
@@ -96,7 +96,7 @@ def stage_keys(config: ExperimentConfig, edit_layers: list[int] | None = None) -
         "ft_edited": stable_hash("ft", patch_key, ft, corpus_key, layers),
     }
     evaluation = config.evaluation.model_dump(mode="json")
-    control_key = data_source_key("builtin-control")
+    control_key = data_source_key("builtin-control") if config.evaluation.control else None
     group_identity = {"M": keys["model"], "Med": keys["patch"], "Mft": keys["ft_base"], "Med_ft": keys["ft_edited"]}
     for group, identity in group_identity.items():
         keys[f"eval_{group}"] = stable_hash("eval", identity, edits_key, control_key, evaluation)

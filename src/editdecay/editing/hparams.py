@@ -1,0 +1,243 @@
+"""Editor hyperparameters: dataclasses whose field names match MEMIT JSON / EasyEdit YAML hparams files.
+
+Resolution order for a model: field defaults < preset (named, or recognised from the model's shape) <
+user overrides (a dict or an hparams file). Presets for GPT-2 XL, GPT-J, Llama-2-7B and Llama-3-8B carry
+the published values (ALGORITHMS §1); those for SmolLM2-135M and Gemma-3-270M were chosen by measurement
+(see `PRESET_NOTES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from torch import nn
+
+from editdecay.models import check_layers, default_edit_layers, num_blocks
+from editdecay.models.arch import known_model
+
+log = logging.getLogger(__name__)
+
+# Keys of published hparams files that name modules or harness settings: we resolve modules from the
+# model's ArchSpec, so these are recorded and otherwise ignored.
+_HARNESS_KEYS = frozenset({
+    "alg_name", "model_name", "device", "stats_dir", "model_parallel", "max_length", "P_loc",
+    "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
+    "lm_head_module", "fp16", "bf16", "specific_subject",
+})
+
+HP = TypeVar("HP", bound="MemitHyperParams")
+
+
+@dataclass
+class MemitHyperParams:
+    """MEMIT hyperparameters (ALGORITHMS §1). Extensions beyond the published keys are marked."""
+
+    layers: list[int] = field(default_factory=list)  # empty: resolved from the model
+    layer_selection: str = "all"
+    fact_token: str = "subject_last"
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_loss_layer: int | None = None  # the last block; the loss is always taken on the model's logits
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = True  # False: C = I (no second-moment statistic)
+    mom2_update_weight: float = 15000.0
+    mom2_dataset: str = "model-sampled"  # a corpus spec for `editing.corpus.open_corpus`
+    mom2_n_samples: int | None = None  # reference meaning: number of documents; recorded, see mom2_n_tokens
+    mom2_dtype: str = "float32"
+    # --- editdecay extensions ---
+    mom2_n_tokens: int = 20_000  # statistic sample size in tokens (the knob that sets its cost)
+    mom2_max_length: int = 128  # documents are cut into pieces of at most this many tokens
+    batch_size: int | None = None  # edits per sequential batch; None: all requests in one batch
+    context_template_count: int = 5  # prefixed contexts besides the bare "{}"
+    context_template_tokens: int = 10  # length of each sampled prefix
+    v_early_stop_loss: float = 0.05
+    z_batch_size: int = 32  # requests optimised together (memory knob; does not change the result)
+    ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
+
+    @property
+    def sequential(self) -> bool:
+        return self.batch_size is not None
+
+    @classmethod
+    def from_dict(cls: type[HP], data: dict[str, Any], *, source: str = "hparams") -> HP:
+        known = {f.name for f in fields(cls)} - {"ignored"}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        if unknown:
+            harness = sorted(k for k in unknown if k in _HARNESS_KEYS)
+            other = sorted(k for k in unknown if k not in _HARNESS_KEYS)
+            if harness:
+                log.info("%s: ignoring %s (modules come from the model's ArchSpec)", source, ", ".join(harness))
+            if other:
+                log.warning("%s: unknown keys %s ignored (known keys: %s)", source, other, sorted(known))
+        values = {k: v for k, v in data.items() if k in known}
+        if "layers" in values:
+            values["layers"] = _int_list(values["layers"], source)
+        hp = cls(**values, ignored={**data.get("ignored", {}), **unknown})
+        hp.check()
+        return hp
+
+    @classmethod
+    def from_file(cls: type[HP], path: str | Path) -> HP:
+        """Load a MEMIT JSON or EasyEdit YAML hparams file (complete or partial)."""
+        return cls.from_dict(read_hparams_file(path), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: HP, **changes: Any) -> HP:
+        merged = {**self.to_dict(), **changes}
+        return type(self).from_dict(merged)
+
+    def check(self) -> None:
+        """Model-independent validation, with messages that name the field."""
+        problems = []
+        if self.layer_selection != "all":
+            problems.append(f"layer_selection={self.layer_selection!r}: only 'all' is implemented")
+        if self.fact_token != "subject_last":
+            problems.append(f"fact_token={self.fact_token!r}: only 'subject_last' is implemented")
+        if self.layers and sorted(set(self.layers)) != list(self.layers):
+            problems.append(f"layers={self.layers}: must be strictly increasing")
+        for name in ("v_num_grad_steps", "mom2_n_tokens", "mom2_max_length", "z_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("v_lr", "clamp_norm_factor", "mom2_update_weight"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("v_weight_decay", "kl_factor"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 or null, got {self.batch_size}")
+        if self.mom2_dtype not in ("float32", "float64"):
+            problems.append(f"mom2_dtype={self.mom2_dtype!r}: choose float32 or float64")
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def for_model(self: HP, model: nn.Module) -> HP:
+        """Fill the layers from the model when unset and check everything that depends on the model."""
+        hp = self if self.layers else self.replace(layers=list(default_edit_layers(model)))
+        check_layers(model, hp.layers)
+        last = num_blocks(model) - 1
+        if hp.v_loss_layer is not None and hp.v_loss_layer != last:
+            raise ValueError(
+                f"v_loss_layer={hp.v_loss_layer}: the target loss is computed on the model's output, i.e. "
+                f"after its last block ({last}); set v_loss_layer to {last} or leave it out."
+            )
+        return hp
+
+
+@dataclass
+class AlphaEditHyperParams(MemitHyperParams):
+    """AlphaEdit hyperparameters (ALGORITHMS §2): MEMIT's plus the null-space projector and ridge."""
+
+    nullspace_threshold: float = 2e-2  # keep eigen-directions of C with eigenvalue below this (absolute)
+    # --- editdecay extensions ---
+    # Relative rule: keep the smallest-eigenvalue directions that together hold at most this fraction of
+    # trace(C). When set it replaces the absolute threshold.
+    nullspace_energy: float | None = None
+    L2: float = 10.0  # noqa: N815 - the published key name
+    batch_size: int | None = 100
+
+    def check(self) -> None:
+        super().check()
+        if self.nullspace_threshold < 0:
+            raise ValueError(f"nullspace_threshold must be >= 0, got {self.nullspace_threshold}")
+        if self.nullspace_energy is not None and not 0 <= self.nullspace_energy <= 1:
+            raise ValueError(f"nullspace_energy must be in [0, 1] or null, got {self.nullspace_energy}")
+        if self.L2 < 0:
+            raise ValueError(f"L2 must be >= 0, got {self.L2}")
+
+
+def read_hparams_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such hparams file: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+    return data
+
+
+def _int_list(value: Any, source: str) -> list[int]:
+    items = [value] if isinstance(value, int) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"{source}: 'layers' must be a list of block indices, got {value!r}")
+    return list(items)
+
+
+# Published values (ALGORITHMS §1): n_steps / v_lr / weight decay / clamp / kl / lambda.
+_PUBLISHED: dict[str, dict[str, Any]] = {
+    "gpt2-xl": {"layers": [13, 14, 15, 16, 17], "v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5,
+                "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 20000.0},
+    "gpt-j-6b": {"layers": [3, 4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5,
+                 "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
+    # One public Llama-2 config uses mom2_update_weight = 1; 15000 is the standard setting.
+    "llama-2-7b": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
+                   "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
+    "llama-3-8b": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.1, "v_weight_decay": 0.5,
+                   "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
+}
+for _published in _PUBLISHED.values():
+    # Published statistics: 100,000 Wikipedia documents in float32.
+    _published.update({"mom2_dataset": "wikipedia", "mom2_n_samples": 100_000, "mom2_dtype": "float32",
+                       "mom2_n_tokens": 10_000_000, "mom2_max_length": 1024})
+
+# Built-in models: chosen by measurement on this project's CPU (bench/edit_speed.py, PRESET_NOTES).
+_MEASURED: dict[str, dict[str, Any]] = {
+    "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
+                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
+                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 20_000},
+    "gemma3-270m": {"layers": [3, 4, 5, 6, 7], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
+                    "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 2000.0,
+                    "mom2_dataset": "model-sampled", "mom2_n_tokens": 20_000},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {**_PUBLISHED, **_MEASURED}
+PRESET_NOTES: dict[str, str] = {
+    **{name: "published (MEMIT / AlphaEdit papers)" for name in _PUBLISHED},
+    "smollm2-135m": "measured: see docs/editing_presets.md",
+    "gemma3-270m": "measured: see docs/editing_presets.md",
+}
+# AlphaEdit adds these to every preset (published: threshold 2e-2, L2 10, sequential batches of 100).
+ALPHAEDIT_EXTRA: dict[str, dict[str, Any]] = {name: {"nullspace_threshold": 2e-2, "L2": 10.0} for name in PRESETS}
+
+
+def fallback_hparams(model: nn.Module) -> dict[str, Any]:
+    """For models without a preset: the SmolLM2 values with layers from `default_edit_layers` and
+    lambda = m (the MLP width). lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of
+    the published GPT-J (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
+    width = int(getattr(model.config, "intermediate_size", 0) or getattr(model.config, "n_inner", 0)
+                or 4 * model.config.hidden_size)
+    return {**_MEASURED["smollm2-135m"], "layers": list(default_edit_layers(model)),
+            "mom2_update_weight": float(width)}
+
+
+def preset_for_model(model: nn.Module) -> str | None:
+    """The preset name of a recognised model shape (KNOWN_MODELS), or None."""
+    known = known_model(model)
+    if known is None:
+        return None
+    if known.label == "llama-2-7b / llama-3-8b":
+        return "llama-3-8b" if model.config.vocab_size >= 128_000 else "llama-2-7b"
+    return known.label if known.label in PRESETS else None
+
+
+def preset_values(name: str, *, alphaedit: bool) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    values = dict(PRESETS[name])
+    if alphaedit:
+        values.update(ALPHAEDIT_EXTRA[name])
+    return values

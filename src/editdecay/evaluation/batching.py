@@ -1,0 +1,330 @@
+"""Batched teacher-forced scoring and generation with explicit token positions.
+
+Every position is computed from each row's own offset, so results do not depend on the padding side,
+on BOS handling or on what else is in the batch. Position ids are passed explicitly (left padding would
+otherwise shift rotary / learned positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+PadSide = Literal["left", "right"]
+Ids = tuple[int, ...]
+# (context ids, continuation prefix) -> the model's argmax next token there (teacher forced).
+NextTokenTable = dict[tuple[Ids, Ids], int]
+
+
+@contextmanager
+def inference(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode (no dropout) and no autograd inside; restores the training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield next(model.parameters()).device
+    finally:
+        if was_training:
+            model.train()
+
+
+def pad_id_of(tokenizer) -> int:
+    """The padding id (padded positions are masked, so any valid id works when the tokenizer has none)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def eos_ids_of(tokenizer, model: nn.Module | None = None) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif isinstance(config_eos, list):
+        ids.update(int(i) for i in config_eos)
+    return frozenset(ids)
+
+
+def encode(tokenizer, texts: Sequence[str], *, specials: bool) -> list[Ids]:
+    """Token ids of each text.
+
+    With `specials=True` the tokenizer's leading special tokens (BOS for Llama / Gemma) are kept, never a
+    trailing one (EOS would break continuation scoring). Targets are encoded with `specials=False`.
+    """
+    if not texts:
+        return []
+    plain = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    prefix = special_prefix(tokenizer) if specials else ()
+    return [prefix + tuple(ids) for ids in plain]
+
+
+def special_prefix(tokenizer) -> Ids:
+    probe = "Paris is a city"
+    full = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return tuple(full[:start])
+    return ()
+
+
+def continuation_text(target: str) -> str:
+    """Targets are scored with a leading space (ALGORITHMS §1, §8)."""
+    return target if target.startswith(" ") else " " + target
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    offsets: tuple[int, ...]  # index of each row's first real token
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: PadSide, device: torch.device) -> Batch:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    offsets = []
+    for row, seq in enumerate(seqs):
+        start = width - len(seq) if side == "left" else 0
+        ids[row, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, start:start + len(seq)] = 1
+        offsets.append(start)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids.to(device), mask.to(device), positions.to(device), tuple(offsets))
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Teacher-forced scores of one continuation: log p of each token and the argmax at its position."""
+
+    tokens: Ids
+    logprobs: tuple[float, ...]
+    argmax: Ids
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def nll(self) -> float:
+        """Mean per-token negative log-likelihood."""
+        return -self.sum_logprob / len(self.tokens)
+
+    @property
+    def token_accuracy(self) -> float:
+        return sum(a == t for a, t in zip(self.argmax, self.tokens, strict=True)) / len(self.tokens)
+
+    @property
+    def exact(self) -> bool:
+        """Greedy decoding reproduces every token (teacher-forced argmax equals each target token)."""
+        return self.argmax == self.tokens
+
+
+def _plan(pairs: Sequence[tuple[Ids, Ids]]) -> tuple[list[tuple[Ids, Ids]], list[int]]:
+    """Distinct forward inputs (context, suffix) and, per pair, the input that covers it.
+
+    A pair (c, t) needs logits at the positions of c + t[:-1]; any input c + s whose suffix s starts with
+    t[:-1] provides them. Keeping only maximal suffixes lets single-token targets of the same prompt (and
+    labels sharing a prefix) share one forward pass.
+    """
+    by_context: dict[Ids, set[Ids]] = {}
+    for context, target in pairs:
+        by_context.setdefault(context, set()).add(target[:-1])
+    sequences: list[tuple[Ids, Ids]] = []
+    index: dict[tuple[Ids, Ids], int] = {}
+    for context, suffixes in by_context.items():
+        for suffix in sorted(suffixes, key=len, reverse=True):
+            covered = next((s for s in suffixes if len(s) > len(suffix) and s[:len(suffix)] == suffix), None)
+            index[(context, suffix)] = (index[(context, covered)] if covered is not None else len(sequences))
+            if covered is None:
+                sequences.append((context, suffix))
+    return sequences, [index[(context, target[:-1])] for context, target in pairs]
+
+
+def score_continuations(
+    model: nn.Module,
+    pad_id: int,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 32,
+    padding_side: PadSide = "right",
+    progress: bool = True,
+    desc: str = "scoring",
+) -> tuple[list[TokenScores], NextTokenTable]:
+    """Teacher-forced log-probabilities of each continuation after its context, in padded batches.
+
+    Returns one TokenScores per pair and the table of argmax next tokens at every scored position.
+    """
+    pairs_t = [(tuple(c), tuple(t)) for c, t in pairs]
+    for i, (context, target) in enumerate(pairs_t):
+        if not context or not target:
+            raise ValueError(f"Pair {i}: empty {'context' if not context else 'continuation'} (nothing to score).")
+    sequences, cover = _plan(pairs_t)
+    needed: dict[int, set[tuple[int, int]]] = {}
+    for (_context, target), seq in zip(pairs_t, cover, strict=True):
+        needed.setdefault(seq, set()).update(enumerate(target))
+    order = sorted(range(len(sequences)), key=lambda s: len(sequences[s][0]) + len(sequences[s][1]), reverse=True)
+    logprob: dict[tuple[int, int, int], float] = {}
+    argmax: dict[tuple[int, int], int] = {}
+    table: NextTokenTable = {}
+    with inference(model) as device:
+        bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = pad_batch([sequences[s][0] + sequences[s][1] for s in chunk], pad_id, padding_side, device)
+            width = max(len(sequences[s][1]) for s in chunk) + 1
+            keep = torch.empty((len(chunk), width), dtype=torch.long)
+            for row, s in enumerate(chunk):
+                first = batch.offsets[row] + len(sequences[s][0]) - 1  # predicts the first continuation token
+                count = len(sequences[s][1]) + 1
+                keep[row] = torch.tensor([first + min(j, count - 1) for j in range(width)])
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, logits_to_keep=keep.to(device)).logits.float()
+            log_z = torch.logsumexp(logits, dim=-1)
+            best = logits.argmax(dim=-1).cpu()
+            rows, cols, toks, keys = [], [], [], []
+            for row, s in enumerate(chunk):
+                context, suffix = sequences[s]
+                for j in range(len(suffix) + 1):
+                    argmax[(s, j)] = int(best[row, j])
+                    table[(context, suffix[:j])] = int(best[row, j])
+                for j, token in needed[s]:
+                    rows.append(row)
+                    cols.append(j)
+                    toks.append(token)
+                    keys.append((s, j, token))
+            picked = (logits[rows, cols, toks] - log_z[rows, cols]).double().cpu().tolist()
+            logprob.update(zip(keys, picked, strict=True))
+            bar.update(len(chunk))
+        bar.close()
+    scores = [
+        TokenScores(target, tuple(logprob[(seq, j, tok)] for j, tok in enumerate(target)),
+                    tuple(argmax[(seq, j)] for j in range(len(target))))
+        for (_context, target), seq in zip(pairs_t, cover, strict=True)
+    ]
+    return scores, table
+
+
+def greedy_generate(
+    model: nn.Module,
+    pad_id: int,
+    contexts: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int],
+    *,
+    eos_ids: frozenset[int] = frozenset(),
+    known: NextTokenTable | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[Ids]:
+    """Greedy continuations, batched with left padding and a KV cache.
+
+    Row i gets up to max_new_tokens[i] tokens and stops after an EOS id (not included). Steps already in
+    `known` (argmax tokens from teacher-forced scoring of the same context) are read from it, not recomputed.
+    """
+    contexts_t = [tuple(c) for c in contexts]
+    limits = [max_new_tokens] * len(contexts_t) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != len(contexts_t):
+        raise ValueError(f"{len(limits)} token limits for {len(contexts_t)} contexts")
+    results: list[Ids] = []
+    todo: list[int] = []
+    for i, (context, limit) in enumerate(zip(contexts_t, limits, strict=True)):
+        prefix: Ids = ()
+        ended = False
+        while known is not None and len(prefix) < limit and (context, prefix) in known:
+            token = known[(context, prefix)]
+            ended = token in eos_ids
+            if ended:
+                break
+            prefix += (token,)
+        results.append(prefix)
+        if not ended and len(prefix) < limit:
+            todo.append(i)
+    if not todo:
+        return results
+    todo.sort(key=lambda i: len(contexts_t[i]) + len(results[i]), reverse=True)
+    with inference(model) as device:
+        bar = tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress, leave=False)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            new = _greedy_batch(model, pad_id, [contexts_t[i] + results[i] for i in chunk],
+                                [limits[i] - len(results[i]) for i in chunk], eos_ids, device)
+            for i, tokens in zip(chunk, new, strict=True):
+                results[i] = results[i] + tokens
+            bar.update(len(chunk))
+        bar.close()
+    return results
+
+
+def _greedy_batch(model: nn.Module, pad_id: int, seqs: list[Ids], limits: list[int], eos_ids: frozenset[int],
+                  device: torch.device) -> list[Ids]:
+    batch = pad_batch(seqs, pad_id, "left", device)
+    mask, positions = batch.attention_mask, batch.position_ids[:, -1:]
+    out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                use_cache=True, logits_to_keep=1)
+    generated: list[list[int]] = [[] for _ in seqs]
+    active = [limit > 0 for limit in limits]
+    for step in range(max(limits)):
+        tokens = out.logits[:, -1].argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            if not active[row]:
+                continue
+            if token in eos_ids:
+                active[row] = False
+                continue
+            generated[row].append(token)
+            active[row] = len(generated[row]) < limits[row]
+        if not any(active) or step == max(limits) - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+    return [tuple(g) for g in generated]
+
+
+def beam_generate(
+    model: nn.Module,
+    pad_id: int,
+    contexts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    num_beams: int,
+    eos_ids: frozenset[int] = frozenset(),
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "beam search",
+) -> list[Ids]:
+    """Beam-search continuations (transformers `generate`), batched with left padding; EOS is stripped."""
+    contexts_t = [tuple(c) for c in contexts]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                              pad_token_id=pad_id, eos_token_id=sorted(eos_ids) or None)
+    order = sorted(range(len(contexts_t)), key=lambda i: len(contexts_t[i]), reverse=True)
+    results: list[Ids] = [() for _ in contexts_t]
+    with inference(model) as device:
+        bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = pad_batch([contexts_t[i] for i in chunk], pad_id, "left", device)
+            output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    generation_config=config)
+            for row, i in enumerate(chunk):
+                new = output[row, batch.input_ids.shape[1]:].tolist()
+                cut = next((k for k, tok in enumerate(new) if tok in eos_ids), len(new))
+                results[i] = tuple(new[:cut])
+            bar.update(len(chunk))
+        bar.close()
+    return results

@@ -1,0 +1,128 @@
+"""Score edit requests on one model: one row per edit x prompt kind x prompt (ALGORITHMS §3).
+
+Every (prompt, target) pair of every request goes through one batched teacher-forced pass; greedy
+continuations reuse those argmax tokens and generate only what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from torch import nn
+
+from editdecay.data import EditRequest
+from editdecay.evaluation.batching import (
+    PadSide,
+    TokenScores,
+    continuation_text,
+    encode,
+    greedy_generate,
+    pad_id_of,
+    score_continuations,
+)
+from editdecay.evaluation.edit_metrics import success_flags
+
+KINDS = ("rewrite", "paraphrase", "neighborhood")
+
+
+@dataclass(frozen=True)
+class _Row:
+    case_id: str
+    kind: str
+    prompt_index: int
+    prompt: str
+    family: str
+    target_new: str
+    target_true: str | None
+
+
+def _rows(requests: Sequence[EditRequest]) -> list[_Row]:
+    rows = []
+    for request in requests:
+        fam = request.metric_family
+        rows.append(_Row(request.case_id, "rewrite", 0, request.prompt, fam, request.target_new, request.target_true))
+        for i, prompt in enumerate(request.paraphrase_prompts):
+            rows.append(_Row(request.case_id, "paraphrase", i, prompt, fam, request.target_new, request.target_true))
+        for i, loc in enumerate(request.neighborhood):
+            # The neighborhood prompt's own answer is the "true" target (zsRE: loc_ans; CounterFact: the
+            # unchanged true object, which must still beat the edited-in target).
+            rows.append(_Row(request.case_id, "neighborhood", i, loc.prompt, fam, request.target_new, loc.answer))
+    return rows
+
+
+def score_edits(
+    model: nn.Module,
+    tokenizer,
+    requests: Sequence[EditRequest],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    padding_side: PadSide | None = None,
+) -> pd.DataFrame:
+    """Score every prompt of every request: NLL of both targets, greedy continuation, token accuracy, success.
+
+    Columns: case_id, kind, prompt_index, prompt, metric_family, target_new, target_true, nll_new, nll_true
+    (mean per-token NLL), prob_new, prob_true (exp(-nll)), token_acc_new/true (teacher-forced token accuracy),
+    exact_new/true (every target token is the greedy prediction), n_tokens_new/true, greedy (greedy
+    continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, ALGORITHMS §3),
+    and the token ids (target_*_ids, argmax_*_ids, greedy_ids) that `neighborhood_agreement` compares.
+    `padding_side` defaults to the tokenizer's; results do not depend on it.
+    """
+    if not requests:
+        raise ValueError("score_edits got no edit requests.")
+    missing = [r.case_id for r in requests if r.metric_family == "counterfact" and r.target_true is None]
+    if missing:
+        raise ValueError(f"CounterFact edits {missing[:5]} have no target_true; the probability-comparison metrics "
+                         "need the fact being replaced.")
+    rows = _rows(requests)
+    side: PadSide = padding_side or ("left" if tokenizer.padding_side == "left" else "right")
+    prompts = sorted({row.prompt for row in rows})
+    prompt_ids = dict(zip(prompts, encode(tokenizer, prompts, specials=True), strict=True))
+    targets = sorted({continuation_text(t) for row in rows for t in (row.target_new, row.target_true) if t})
+    target_ids = dict(zip(targets, encode(tokenizer, targets, specials=False), strict=True))
+    for text, ids in target_ids.items():
+        if not ids:
+            raise ValueError(f"Target {text!r} tokenizes to nothing; check the edit requests.")
+
+    pairs, slots = [], []
+    for r, row in enumerate(rows):
+        for which, target in (("new", row.target_new), ("true", row.target_true)):
+            if target is not None:
+                slots.append((r, which))
+                pairs.append((prompt_ids[row.prompt], target_ids[continuation_text(target)]))
+    scores, table = score_continuations(model, pad_id_of(tokenizer), pairs, batch_size=batch_size,
+                                        padding_side=side, progress=progress, desc="scoring edit prompts")
+    by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
+
+    lengths = [max(len(by_slot[(r, w)].tokens) for w in ("new", "true") if (r, w) in by_slot) for r in range(len(rows))]
+    # Fixed-length answers: an EOS token is kept in greedy_ids (and decodes to nothing), never a stop signal.
+    greedy = greedy_generate(model, pad_id_of(tokenizer), [prompt_ids[row.prompt] for row in rows], lengths,
+                             known=table, batch_size=batch_size, progress=progress, desc="greedy answers")
+    records = []
+    for r, row in enumerate(rows):
+        new, true = by_slot[(r, "new")], by_slot.get((r, "true"))
+        record = {
+            "case_id": row.case_id, "kind": row.kind, "prompt_index": row.prompt_index, "prompt": row.prompt,
+            "metric_family": row.family, "target_new": row.target_new, "target_true": row.target_true,
+            **_scores("new", new), **_scores("true", true),
+            "greedy": tokenizer.decode(list(greedy[r]), skip_special_tokens=True),
+            "greedy_ids": list(greedy[r]),
+        }
+        records.append(record)
+    table = pd.DataFrame.from_records(records)
+    table["success"] = success_flags(table)
+    return table
+
+
+def _scores(which: str, scores: TokenScores | None) -> dict[str, object]:
+    if scores is None:
+        return {f"nll_{which}": math.nan, f"prob_{which}": math.nan, f"token_acc_{which}": math.nan,
+                f"exact_{which}": None, f"n_tokens_{which}": 0, f"target_{which}_ids": [],
+                f"argmax_{which}_ids": []}
+    return {f"nll_{which}": scores.nll, f"prob_{which}": math.exp(-scores.nll),
+            f"token_acc_{which}": scores.token_accuracy, f"exact_{which}": scores.exact,
+            f"n_tokens_{which}": len(scores.tokens), f"target_{which}_ids": list(scores.tokens),
+            f"argmax_{which}_ids": list(scores.argmax)}

@@ -1,0 +1,209 @@
+"""The training loop: AdamW over float32 weights, autocast compute, gradient accumulation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from editdecay.data.corpus import InstructionExample
+from editdecay.finetuning.collate import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    collate,
+    epoch_batches,
+    pad_token_id,
+    tokenize_example,
+)
+from editdecay.finetuning.spec import FinetuneSpec
+from editdecay.storage import atomic_directory
+
+_STATE = "state.json"
+_TENSORS = "trainable.pt"
+_OPTIMIZER = "optimizer.pt"
+_RNG = "rng.pt"
+
+
+@dataclass
+class TrainState:
+    """Progress of one run; everything needed, with the tensors, to resume it exactly."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    elapsed_s: float = 0.0
+
+
+def plan_steps(tokenized: Sequence[TokenizedExample], spec: FinetuneSpec) -> list[list[list[int]]]:
+    """Optimizer steps, each a list of `grad_accum` micro-batches of example indices.
+
+    `max_steps`, when set, replaces `epochs`: as many epochs as needed, cut at exactly `max_steps`.
+    """
+    lengths = [len(ex.input_ids) for ex in tokenized]
+    steps: list[list[list[int]]] = []
+    epoch = 0
+    while (len(steps) < spec.max_steps) if spec.max_steps else (epoch < spec.epochs):
+        batches = epoch_batches(lengths, spec.batch_size, spec.seed, epoch, spec.group_by_length)
+        steps += [batches[i:i + spec.grad_accum] for i in range(0, len(batches), spec.grad_accum)]
+        epoch += 1
+    return steps[:spec.max_steps] if spec.max_steps else steps
+
+
+def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
+    """Linear warmup to spec.lr over max(warmup_steps, ceil(warmup_ratio * total)) steps, then linear decay."""
+    assert spec.lr is not None
+    warmup = max(spec.warmup_steps, math.ceil(spec.warmup_ratio * total))
+    if step < warmup:
+        return spec.lr * (step + 1) / warmup
+    return spec.lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def autocast(model: nn.Module, spec: FinetuneSpec) -> AbstractContextManager[Any]:
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=spec.compute_dtype == "bfloat16")
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy in float32 over positions whose label is not IGNORE_INDEX."""
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+class Checkpoint:
+    """The latest resumable state of one run, in one directory replaced atomically on every save."""
+
+    def __init__(self, directory: Path, run_key: dict[str, Any]) -> None:
+        self.directory = directory
+        self.run_key = run_key
+
+    def load(self, trained: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState | None:
+        state_file = self.directory / _STATE
+        if not state_file.is_file():
+            return None
+        saved = json.loads(state_file.read_text())
+        if saved.get("run_key") != self.run_key:
+            tqdm.write(f"Checkpoint {self.directory} belongs to a different run (spec, corpus or base model); "
+                       "starting clean.")
+            return None
+        tensors = torch.load(self.directory / _TENSORS, weights_only=True)
+        trainable = _trainable(trained)
+        if set(tensors) != set(trainable):
+            raise RuntimeError(f"Checkpoint {self.directory} holds parameters {sorted(set(tensors) ^ set(trainable))} "
+                               "that do not match this run; delete it to start clean.")
+        with torch.no_grad():
+            for name, param in trainable.items():
+                param.copy_(tensors[name])
+        optimizer.load_state_dict(torch.load(self.directory / _OPTIMIZER, weights_only=True))
+        torch.set_rng_state(torch.load(self.directory / _RNG, weights_only=True))
+        tqdm.write(f"Resuming from {self.directory} at step {saved['state']['step']}.")
+        return TrainState(**saved["state"])
+
+    def save(self, trained: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+        with atomic_directory(self.directory) as staging:
+            torch.save({n: p.detach() for n, p in _trainable(trained).items()}, staging / _TENSORS)
+            torch.save(optimizer.state_dict(), staging / _OPTIMIZER)
+            torch.save(torch.get_rng_state(), staging / _RNG)
+            (staging / _STATE).write_text(json.dumps({"run_key": self.run_key, "state": asdict(state)}))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def train(
+    trained: nn.Module,
+    tokenized: Sequence[TokenizedExample],
+    spec: FinetuneSpec,
+    *,
+    pad_id: int,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every_s: float = 300.0,
+    progress: bool = True,
+    desc: str = "finetune",
+) -> TrainState:
+    """Train the parameters of `trained` that require grad; deterministic given spec.seed.
+
+    Each optimizer step's loss is the mean over every target token of its micro-batches, so the
+    result does not depend on how the step is split into micro-batches.
+    """
+    trainable = _trainable(trained)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr or 0.0, weight_decay=spec.weight_decay)
+    steps = plan_steps(tokenized, spec)
+    torch.manual_seed(spec.seed)
+    state = (checkpoint.load(trained, optimizer) if checkpoint else None) or TrainState()
+    device = next(trained.parameters()).device
+    trained.train()
+    bar = tqdm(total=len(steps), initial=state.step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    started, last_save = time.monotonic() - state.elapsed_s, time.monotonic()
+    try:
+        for step in range(state.step, len(steps)):
+            group = steps[step]
+            n_targets = max(1, sum(tokenized[i].n_targets for batch in group for i in batch))
+            for group_params in optimizer.param_groups:
+                group_params["lr"] = learning_rate(step, len(steps), spec)
+            step_loss, step_tokens = 0.0, 0
+            for batch in group:
+                inputs = {k: v.to(device) for k, v in collate([tokenized[i] for i in batch], pad_id).items()}
+                with autocast(trained, spec):
+                    logits = trained(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     use_cache=False).logits
+                loss = token_loss_sum(logits, inputs["labels"]) / n_targets
+                loss.backward()
+                step_loss += loss.item()
+                step_tokens += int(inputs["attention_mask"].sum())
+            if spec.max_grad_norm:
+                nn.utils.clip_grad_norm_(list(trainable.values()), spec.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step, state.tokens = step + 1, state.tokens + step_tokens
+            state.losses.append(step_loss)
+            state.elapsed_s = time.monotonic() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{state.tokens / max(state.elapsed_s, 1e-9):.0f}")
+            if checkpoint and state.step < len(steps) and time.monotonic() - last_save >= checkpoint_every_s:
+                checkpoint.save(trained, optimizer, state)
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+        trained.eval()
+    return state
+
+
+@torch.no_grad()
+def corpus_loss(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[InstructionExample], spec: FinetuneSpec
+) -> float:
+    """Mean next-token cross-entropy over the target tokens of `examples` (tokenized as for training).
+
+    Uses spec.cutoff_len, train_on_inputs, batch_size and compute_dtype; the model is put in eval mode.
+    """
+    tokenized = [tokenize_example(tokenizer, ex, spec.cutoff_len, spec.train_on_inputs) for ex in examples]
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(tokenized), spec.batch_size):
+        chunk = tokenized[start:start + spec.batch_size]
+        inputs = {k: v.to(device) for k, v in collate(chunk, pad_token_id(tokenizer)).items()}
+        with autocast(model, spec):
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           use_cache=False).logits
+        total += token_loss_sum(logits, inputs["labels"]).item()
+        count += sum(ex.n_targets for ex in chunk)
+    if count == 0:
+        raise ValueError("No target tokens to score: every example's response lies beyond cutoff_len.")
+    return total / count

@@ -1,0 +1,147 @@
+"""Fine-tuning methods: how to make a model copy trainable, and how to save and re-apply the result.
+
+`full` trains the chosen weight matrices themselves and stores the change as a float32 delta;
+`lora` and `dora` wrap the chosen modules with PEFT adapters (`use_dora=True` for DoRA) and store a
+standard PEFT adapter directory. Register another method with `register_method`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+if TYPE_CHECKING:
+    from editdecay.finetuning.spec import FinetuneSpec
+
+log = logging.getLogger(__name__)
+
+DELTA_FILE = "delta.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+class FinetuneMethod(Protocol):
+    name: str
+    default_lr: float
+
+    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+        """How many parameters training `module` adds to the optimizer."""
+
+    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+        """Make `modules` of `model` (a private float32 copy, all frozen) trainable; return what to train."""
+
+    def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
+        """Write the result of training `trained` (prepared from a copy of `base`) into `directory`."""
+
+    def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
+        """A new fine-tuned model built from a copy of `base` and the files in `directory`."""
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or of GPT-2's Conv1D (whose weight is stored transposed)."""
+    if isinstance(module, Conv1D):
+        fan_in, fan_out = module.weight.shape
+        return int(fan_in), int(fan_out)
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or Conv1D)")
+
+
+def _as_float32_copy(base: nn.Module) -> nn.Module:
+    model = copy.deepcopy(base)
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        log.info("Building the fine-tuned model in float32 (the base is %s).", next(base.parameters()).dtype)
+        model.float()
+    return model
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class FullFinetune:
+    name = "full"
+    default_lr = 2e-5
+
+    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+        return sum(p.numel() for p in module.parameters(recurse=False))
+
+    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+        for name in modules:
+            model.get_submodule(name).requires_grad_(True)
+        return model
+
+    def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
+        delta = {
+            name: (param.detach() - base.get_parameter(name).detach().float()).contiguous()
+            for name, param in trained.named_parameters() if param.requires_grad
+        }
+        save_file(delta, str(directory / DELTA_FILE))
+
+    def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
+        model = _as_float32_copy(base)
+        with torch.no_grad():
+            for name, delta in load_file(str(directory / DELTA_FILE)).items():
+                param = model.get_parameter(name)
+                if param.shape != delta.shape:
+                    raise ValueError(f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
+                                     f"the model's parameter has {tuple(param.shape)}")
+                param.add_(delta)
+        return _finish(model)
+
+
+class LoraFinetune:
+    default_lr = 2e-4
+
+    def __init__(self, name: str, use_dora: bool) -> None:
+        self.name = name
+        self.use_dora = use_dora
+
+    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+        fan_in, fan_out = linear_shape(module)
+        # A (r x in) and B (out x r); DoRA adds one magnitude per output feature.
+        return spec.r * (fan_in + fan_out) + (fan_out if self.use_dora else 0)
+
+    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+        config = LoraConfig(
+            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(modules),
+            use_dora=self.use_dora, bias="none", task_type="CAUSAL_LM",
+            fan_in_fan_out=isinstance(model.get_submodule(modules[0]), Conv1D),
+        )
+        # The adapter initialisation draws from torch's global generator: seed it for reproducibility.
+        torch.manual_seed(spec.seed)
+        return get_peft_model(model, config)
+
+    def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
+        if not isinstance(trained, PeftModel):
+            raise TypeError(f"{self.name} training produced {type(trained).__name__}, expected a PeftModel")
+        trained.save_pretrained(str(directory / ADAPTER_DIR))
+
+    def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
+        # Merging happens in float32: bf16 would round small adapter updates away.
+        model = _as_float32_copy(base) if merge else copy.deepcopy(base)
+        peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
+        if merge:
+            return _finish(peft_model.merge_and_unload())
+        return _finish(peft_model.get_base_model())
+
+
+FINETUNE_METHODS: dict[str, FinetuneMethod] = {
+    "full": FullFinetune(),
+    "lora": LoraFinetune("lora", use_dora=False),
+    "dora": LoraFinetune("dora", use_dora=True),
+}
+
+
+def register_method(method: FinetuneMethod) -> None:
+    """Add (or replace) a fine-tuning method under `method.name`."""
+    FINETUNE_METHODS[method.name] = method

@@ -1,0 +1,142 @@
+"""`finetune`: one resumable fine-tuning run from a model and a corpus to a result directory."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.metadata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from editdecay.data.corpus import InstructionExample
+from editdecay.finetuning.collate import examples_fingerprint, pad_token_id, split_validation, tokenize_example
+from editdecay.finetuning.loop import Checkpoint, corpus_loss, train
+from editdecay.finetuning.methods import FINETUNE_METHODS
+from editdecay.finetuning.result import MANIFEST, RESULT_FORMAT, FinetuneResult
+from editdecay.finetuning.spec import FinetuneSpec
+from editdecay.finetuning.targets import resolve_layers, resolve_trainable_modules
+from editdecay.models import model_fingerprint
+from editdecay.storage import atomic_directory, atomic_write_json
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """Where a run keeps its resumable state: next to `out_dir`, removed once the result is written."""
+    return out_dir.with_name(out_dir.name + ".checkpoint")
+
+
+def finetune(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[InstructionExample],
+    spec: FinetuneSpec,
+    *,
+    out_dir: str | Path,
+    edited_layers: Sequence[int] | None = None,
+    base_fingerprint: str | None = None,
+    progress: bool = True,
+    corpus_id: str | None = None,
+    checkpoint_every_s: float = 300.0,
+) -> FinetuneResult:
+    """Fine-tune a deep copy of `model` (the caller's weights are never touched) and save the result.
+
+    `out_dir` appears only when the run is complete (staged, then renamed). Training state is saved at
+    most every `checkpoint_every_s` seconds to `<out_dir>.checkpoint`; re-running the same call resumes
+    from it (a checkpoint of a different run is ignored). If `out_dir` already holds this exact run
+    (same spec, examples and base weights), it is returned without training. `base_fingerprint` is the
+    identity recorded for the base (e.g. model plus WeightPatch); it defaults to the weights' fingerprint.
+    """
+    out_dir = Path(out_dir)
+    if not examples:
+        raise ValueError("finetune needs at least one example.")
+    weights_fp = model_fingerprint(model)
+    run_key = {"spec_id": spec.spec_id(), "examples": examples_fingerprint(examples), "model_fingerprint": weights_fp,
+               "edited_layers": sorted(set(edited_layers)) if edited_layers else None}
+    done = _existing_result(out_dir, run_key)
+    if done is not None:
+        if progress:
+            tqdm.write(f"{out_dir} already holds this fine-tuning run; reusing it.")
+        return done
+
+    modules = resolve_trainable_modules(model, spec, edited_layers, verbose=progress)
+    train_examples, val_examples = split_validation(examples, spec.val_fraction, spec.seed)
+    tokenized = [tokenize_example(tokenizer, ex, spec.cutoff_len, spec.train_on_inputs) for ex in train_examples]
+    no_targets = sum(ex.n_targets == 0 for ex in tokenized)
+    if no_targets == len(tokenized):
+        raise ValueError(f"No example has a response token within cutoff_len={spec.cutoff_len}; raise --cutoff-len.")
+    if no_targets and progress:
+        tqdm.write(f"Warning: {no_targets} of {len(tokenized)} examples have no response token within "
+                   f"cutoff_len={spec.cutoff_len} and teach nothing.")
+
+    method = FINETUNE_METHODS[spec.method]
+    work = copy.deepcopy(model).float()
+    work.requires_grad_(False)
+    trained = method.prepare(work, modules, spec)
+    expected = sum(method.trainable_count(model.get_submodule(name), spec) for name in modules)
+    actual = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    if actual != expected:
+        raise RuntimeError(f"{spec.method} made {actual:,} parameters trainable, expected {expected:,} for modules "
+                           f"{modules}: the method matched other modules too.")
+
+    checkpoint = Checkpoint(checkpoint_dir(out_dir), run_key)
+    state = train(trained, tokenized, spec, pad_id=pad_token_id(tokenizer), checkpoint=checkpoint,
+                  checkpoint_every_s=checkpoint_every_s, progress=progress, desc=f"finetune {spec.method}")
+    val_loss = corpus_loss(trained, tokenizer, val_examples, spec) if val_examples else None
+
+    manifest: dict[str, Any] = {
+        "format": RESULT_FORMAT,
+        "method": spec.method,
+        "spec": spec.to_dict(),
+        "spec_id": spec.spec_id(),
+        "run_key": run_key,
+        "corpus_id": corpus_id,
+        "examples_fingerprint": run_key["examples"],
+        "n_examples": len(examples),
+        "n_train": len(train_examples),
+        "n_val": len(val_examples),
+        "base_fingerprint": base_fingerprint or weights_fp,
+        "model_fingerprint": weights_fp,
+        "base_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "edited_layers": run_key["edited_layers"],
+        "layers": resolve_layers(model, spec, edited_layers),
+        "modules": modules,
+        "trainable_params": actual,
+        "steps": state.step,
+        "tokens": state.tokens,
+        "train_losses": state.losses,
+        "val_loss": val_loss,
+        "train_seconds": state.elapsed_s,
+        "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
+        "versions": {pkg: _version(pkg) for pkg in ("editdecay", "torch", "transformers", "peft")},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_directory(out_dir) as staging:
+        method.save(trained, model, staging)
+        atomic_write_json(staging / MANIFEST, manifest)
+    checkpoint.clear()
+    return FinetuneResult.load(out_dir)
+
+
+def _existing_result(out_dir: Path, run_key: dict[str, Any]) -> FinetuneResult | None:
+    if not out_dir.exists():
+        return None
+    if not (out_dir / MANIFEST).is_file():
+        raise FileExistsError(f"{out_dir} exists but holds no fine-tuning result; choose another output directory.")
+    existing = FinetuneResult.load(out_dir)
+    if existing.manifest.get("run_key") != run_key:
+        raise FileExistsError(
+            f"{out_dir} holds a different fine-tuning run (spec {existing.manifest.get('spec_id')}, method "
+            f"{existing.method}); choose another output directory or delete it."
+        )
+    return existing
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

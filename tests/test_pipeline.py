@@ -1,0 +1,99 @@
+"""run_experiment end to end on a tiny model: the run directory, artifact reuse, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pipeline_fixtures import write_tiny_experiment
+
+from editdecay.config import ExperimentConfig, GridConfig
+from editdecay.experiments import GROUPS, ArtifactStore, expand_grid, plan_grid, run_experiment
+
+ALL_STAGES = {"edit", "finetune M", "finetune Med", *(f"evaluate {g}" for g in GROUPS), "activations"}
+
+
+def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Path) -> None:
+    config = ExperimentConfig.model_validate(write_tiny_experiment(tmp_path))
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    first = run_experiment(config, store, runs)
+    assert set(first.executed) == ALL_STAGES
+    for name in ("config.json", "run.parquet", "edits.parquet", "edits_per_edit.parquet", "metrics.parquet",
+                 "decay.parquet", "outcomes.parquet", "activations.parquet", "summary.json", "DONE"):
+        assert (first.run_dir / name).is_file(), name
+    summary = json.loads((first.run_dir / "summary.json").read_text())
+    assert set(summary["edits"]["groups"]) == set(GROUPS)
+    for group in GROUPS:
+        assert summary["edits"]["groups"][group]["es"] is not None
+    metrics = pd.read_parquet(first.run_dir / "metrics.parquet")
+    assert set(metrics["group"]) == set(GROUPS)
+    assert metrics[["es", "ps", "ns"]].notna().all().all()
+
+    # Same config again: the run directory is complete, nothing runs.
+    assert run_experiment(config, store, runs).executed == []
+    # Even without the run directory every stage is reused from the store.
+    for path in first.run_dir.iterdir():
+        path.unlink()
+    first.run_dir.rmdir()
+    again = run_experiment(config, store, runs)
+    assert again.executed == []
+    pd.testing.assert_frame_equal(pd.read_parquet(again.run_dir / "metrics.parquet"), metrics)
+
+
+def test_configs_share_artifacts(tmp_path: Path) -> None:
+    raw = write_tiny_experiment(tmp_path)
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    run_experiment(ExperimentConfig.model_validate(raw), store, runs)
+    raw["finetune"]["method"] = "dora"
+    second = run_experiment(ExperimentConfig.model_validate(raw), store, runs)
+    # The patch and the evaluations of M and Med are shared; only DoRA fine-tunings and what follows run.
+    assert set(second.executed) == {"finetune M", "finetune Med", "evaluate Mft", "evaluate Med_ft", "activations"}
+
+
+def test_dry_run_plan_counts_and_cache(tmp_path: Path) -> None:
+    raw = write_tiny_experiment(tmp_path)
+    grid = GridConfig(name="g", base=raw, grid={"editor.name": ["memit", "alphaedit"],
+                                                "finetune.layers": ["all", "edited"]})
+    configs = expand_grid(grid)
+    store, runs = ArtifactStore(tmp_path / "store"), tmp_path / "runs"
+    plan = plan_grid(configs, store, runs)
+    assert len(plan.stages["edits"].to_run) == 2
+    assert len(plan.stages["fine-tunings"].to_run) == 3  # M and Med of each editor with all layers (M shared)
+    assert plan.stages["fine-tunings"].undetermined == 4  # 'edited' policies wait for the patch's layers
+    run_experiment(configs[0], store.root, runs)
+    plan = plan_grid(configs, store, runs)
+    assert plan.complete_runs == 1
+    assert len(plan.stages["edits"].cached) == 1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
+    write_tiny_experiment(tmp_path)
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    command = [sys.executable, "-m", "editdecay", "run", str(tmp_path / "config.yaml"),
+               "--store", str(store), "--runs", str(runs)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    # Kill it in the middle of the first fine-tuning, after the edit stage has finished.
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if list((store / "patches").glob("*/DONE")) and list((store / "finetunes").glob("*/result")):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not list(runs.glob("*/DONE"))
+
+    config = ExperimentConfig.model_validate(write_tiny_experiment(tmp_path))
+    resumed = run_experiment(config, store, runs)
+    assert "edit" not in resumed.executed
+    assert "finetune M" in resumed.executed
+    assert (resumed.run_dir / "DONE").is_file()
