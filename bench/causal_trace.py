@@ -121,8 +121,8 @@ def trace_fact(
     restore: list[list[int]] = [[] for _ in range(n_layers)]  # layer -> row groups restoring it
     for layer in range(n_layers):
         restore[layer].append(1 + layer)
-        low = max(0, layer - window // 2)
-        for restored in range(low, min(n_layers, low + window)):
+        # As in ROME, the window is centred on the layer and cut (not shifted) at the first and last block.
+        for restored in range(max(0, layer - window // 2), min(n_layers, layer + (window + 1) // 2)):
             restore[restored].append(1 + n_layers + layer)
     batch_ids = ids.repeat(groups * samples, 1)
     batch_noise = noise[:, : len(subject_positions)].repeat(groups, 1, 1)  # same noise in every group

@@ -168,10 +168,10 @@ def _text(
     return value
 
 
-def _optional_text(record: dict[str, Any], key: str, source: str, index: int) -> str | None:
+def _optional_text(record: dict[str, Any], key: str, source: str, index: int, *, where: str = "") -> str | None:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
-        raise DataFormatError(source, index, key, f"expected a string, got {type(value).__name__}")
+        raise DataFormatError(source, index, where + key, f"expected a string, got {type(value).__name__}")
     return value
 
 
@@ -241,7 +241,7 @@ def _parse_rome(record: dict[str, Any], source: str, index: int, _zsre_target: s
         target_true=true,
         paraphrase_prompts=_text_list(record, "paraphrase_prompts", source, index),
         neighborhood=tuple(LocalityPrompt(p, true) for p in neighbors),
-        relation_id=_optional_text(rewrite, "relation_id", source, index),
+        relation_id=_optional_text(rewrite, "relation_id", source, index, where=where),
         source=source,
         metric_family="counterfact",
     )

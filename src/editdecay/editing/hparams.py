@@ -143,7 +143,7 @@ class AlphaEditHyperParams(MemitHyperParams):
     # Relative rule: keep the smallest-eigenvalue directions that together hold at most this fraction of
     # trace(C). When set it replaces the absolute threshold.
     nullspace_energy: float | None = None
-    L2: float = 10.0  # noqa: N815 - the published key name
+    L2: float = 10.0  # the published key name
     batch_size: int | None = 100
 
     def check(self) -> None:

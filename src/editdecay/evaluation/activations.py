@@ -62,8 +62,8 @@ def probe_prompts(requests: Sequence[EditRequest], task_items: Sequence[TaskItem
     """
     edit: list[ProbePrompt] = []
     for request in requests:
-        before = request.template.split("{}", 1)[0].replace("{{", "{").replace("}}", "}")
-        edit.append(ProbePrompt(request.prompt, "edit", len(before) + len(request.subject)))
+        start = request.template.format("\x00").index("\x00")  # where the subject goes (braces unescaped)
+        edit.append(ProbePrompt(request.prompt, "edit", start + len(request.subject)))
         if paraphrases:
             edit += [ProbePrompt(p, "edit", _subject_end(p, request.subject)) for p in request.paraphrase_prompts]
     by_task: dict[str, list[TaskItem]] = {}

@@ -75,6 +75,7 @@ def finetune(
     method = FINETUNE_METHODS[spec.method]
     work = copy.deepcopy(model).float()
     work.requires_grad_(False)
+    _use_fast_training_attention(work, spec)
     trained = method.prepare(work, modules, spec)
     expected = sum(method.trainable_count(model.get_submodule(name), spec) for name in modules)
     actual = sum(p.numel() for p in trained.parameters() if p.requires_grad)
@@ -119,6 +120,13 @@ def finetune(
         atomic_write_json(staging / MANIFEST, manifest)
     checkpoint.clear()
     return FinetuneResult.load(out_dir)
+
+
+def _use_fast_training_attention(work: nn.Module, spec: FinetuneSpec) -> None:
+    """Eager attention on CPU: a SmolLM2 LoRA step at ~100 tokens took 1.2x less time than with SDPA, whose
+    CPU backward is slow. Its memory grows with the square of the length, so only up to 512 tokens."""
+    if next(work.parameters()).device.type == "cpu" and spec.cutoff_len <= 512:
+        work.set_attn_implementation("eager")
 
 
 def _existing_result(out_dir: Path, run_key: dict[str, Any]) -> FinetuneResult | None:

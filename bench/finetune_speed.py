@@ -1,0 +1,108 @@
+"""Fine-tuning speed on SmolLM2-135M: tokens/s and peak RSS for full / LoRA / DoRA in bf16 and fp32.
+
+Each configuration runs in its own subprocess (peak RSS is a per-process high-water mark), one after
+the other, on the same built-in examples. Ratios (DoRA/LoRA time per token, fp32/bf16) are computed from
+runs of one invocation. `--demo` instead times one demo-sized LoRA run end to end (model load excluded).
+
+    .venv/bin/python bench/finetune_speed.py --examples 200 --max-steps 4
+    .venv/bin/python bench/finetune_speed.py --demo --examples 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from editdecay.data import load_corpus
+    from editdecay.finetuning import FinetuneSpec, finetune
+    from editdecay.models import load_model
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model("smollm2-135m")
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    examples = load_corpus("builtin", max_examples=args.examples, seed=0)
+    spec = FinetuneSpec(method=args.method, compute_dtype=args.dtype, epochs=1, batch_size=args.batch_size,
+                        max_steps=args.max_steps, lr=args.lr, dropout=args.dropout,
+                        train_on_inputs=not args.no_train_on_inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = finetune(loaded.model, loaded.tokenizer, examples, spec, out_dir=Path(tmp) / "out", progress=False)
+        wall = time.perf_counter() - start
+    manifest = result.manifest
+    print(json.dumps({
+        "method": args.method, "dtype": args.dtype, "examples": len(examples), "steps": manifest["steps"],
+        "tokens": manifest["tokens"], "train_s": manifest["train_seconds"], "tokens_per_s": manifest["tokens_per_s"],
+        "wall_s": wall, "rss_model_mib": rss_model,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_loss": manifest["train_losses"][0], "last_loss": manifest["train_losses"][-1],
+    }))
+
+
+def run_child(args: argparse.Namespace, method: str, dtype: str) -> dict:
+    command = [sys.executable, __file__, "--child", "--method", method, "--dtype", dtype,
+               "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--dropout", str(args.dropout)]
+    for flag, value in (("--max-steps", args.max_steps), ("--lr", args.lr)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.no_train_on_inputs:
+        command.append("--no-train-on-inputs")
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--max-steps", type=int, default=None, help="Stop each run early (default: one epoch).")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default="full,lora,dora")
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--no-train-on-inputs", action="store_true")
+    parser.add_argument("--demo", action="store_true", help="Time one demo-sized LoRA bf16 run (1 epoch).")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    print(f"SmolLM2-135M, {args.examples} built-in examples, batch {args.batch_size}, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    configs = ([("lora", "bfloat16")] if args.demo else
+               [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")])
+    rows = []
+    for method, dtype in configs:
+        row = run_child(args, method, dtype)
+        rows.append(row)
+        print(f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  train {row['train_s']:7.1f} s"
+              f"  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:7.1f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB"
+              f" (model loaded: {row['rss_model_mib']:.0f})  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
+              flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    speed = {(r["method"], r["dtype"]): r["tokens_per_s"] for r in rows}
+    for dtype in args.dtypes.split(","):
+        if ("lora", dtype) in speed and ("dora", dtype) in speed:
+            print(f"DoRA/LoRA time per token ({dtype}): {speed[('lora', dtype)] / speed[('dora', dtype)]:.2f}")
+    for method in args.methods.split(","):
+        if (method, "bfloat16") in speed and (method, "float32") in speed:
+            print(f"{method} fp32/bf16 time per token: {speed[(method, 'bfloat16')] / speed[(method, 'float32')]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

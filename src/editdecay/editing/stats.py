@@ -1,0 +1,281 @@
+"""Second-moment statistics C_l = E[k k^T] at the MLP output projection input (ALGORITHMS §1.6).
+
+All requested layers are collected in ONE forward pass over the corpus (a hook on each layer's output
+projection, the forward stopped after the last one). `StatsStore` caches each layer's statistic on disk,
+keyed by everything it depends on, and verifies the key on load, so a statistic of one model can never be
+used for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from torch import nn
+from tqdm.auto import tqdm
+
+from editdecay.editing.corpus import Corpus, SampledCorpus, TextCorpus, open_corpus, sample_sequences
+from editdecay.editing.subject import pad_right
+from editdecay.models import arch_for, check_layers, mlp_out, model_fingerprint
+from editdecay.models.hooks import record, run_until
+from editdecay.storage import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TOKENS_PER_BATCH = 4096
+
+
+class StatisticError(ValueError):
+    """A statistic is unusable (non-finite, singular); the message names the layer and the fix."""
+
+
+@dataclass(frozen=True)
+class StatsKey:
+    """Everything a layer statistic depends on."""
+
+    fingerprint: str
+    layer: int
+    corpus_id: str
+    n_tokens: int
+    dtype: str
+    max_length: int
+
+    def relative_path(self) -> Path:
+        corpus = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.corpus_id)[:60]
+        corpus_hash = hashlib.blake2b(self.corpus_id.encode(), digest_size=6).hexdigest()
+        return (Path(self.fingerprint) / f"{corpus}-{corpus_hash}"
+                / f"layer{self.layer:03d}-n{self.n_tokens}-len{self.max_length}-{self.dtype}.safetensors")
+
+
+@dataclass
+class LayerStats:
+    """The uncentered second moment of one layer's keys, with the sample it came from."""
+
+    key: StatsKey
+    moment: torch.Tensor  # (m, m), symmetric PSD
+    n_tokens: int
+    n_documents: int
+    seconds: float
+
+    def summary(self) -> dict[str, object]:
+        return {"layer": self.key.layer, "corpus": self.key.corpus_id, "n_tokens": self.n_tokens,
+                "n_documents": self.n_documents, "dtype": self.key.dtype, "max_length": self.key.max_length,
+                "seconds": round(self.seconds, 2)}
+
+
+def collect_stats(
+    model: nn.Module,
+    tokenizer,
+    layers: list[int],
+    corpus: Corpus,
+    *,
+    n_tokens: int,
+    dtype: str = "float32",
+    max_length: int = 128,
+    fingerprint: str | None = None,
+    sequences: list[torch.Tensor] | None = None,
+) -> dict[int, LayerStats]:
+    """E[k k^T] for every layer in one pass over exactly `n_tokens` non-padding tokens of `corpus`.
+
+    `sequences` gives pre-tokenised sequences (used for a sampled corpus); otherwise documents are read
+    from the corpus, tokenised with the tokenizer's special tokens, and truncated to `max_length`.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"Statistics dtype {dtype!r}: choose one of {sorted(_DTYPES)}.")
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    layers = sorted(set(layers))
+    check_layers(model, layers)
+    fingerprint = fingerprint or model_fingerprint(model)
+    torch_dtype = _DTYPES[dtype]
+    arch = arch_for(model)
+    names = [arch.mlp_out_path(layer) for layer in layers]
+    width = mlp_out(model, layers[0]).weight.shape[0 if arch.mlp_out_transposed else 1]
+    sums = {layer: torch.zeros(width, width, dtype=torch_dtype) for layer in layers}
+    device = next(model.parameters()).device
+    batches = _batches(tokenizer, corpus, sequences, max_length, n_tokens)
+    counted = documents = 0
+    start = time.perf_counter()
+    with torch.no_grad(), record(model, names, "input") as keys, tqdm(
+        total=n_tokens, desc=f"statistics layers {layers}", unit="tok", unit_scale=True
+    ) as bar:
+        for input_ids, mask in batches:
+            run_until(model, mlp_out(model, layers[-1]), input_ids=input_ids.to(device),
+                      attention_mask=mask.to(device))
+            # Count exactly n_tokens: in the last batch only the first tokens still needed are kept.
+            keep = _first_tokens(mask, n_tokens - counted)
+            for layer, name in zip(layers, names, strict=True):
+                k = keys[name][keep.to(device)].to("cpu", torch_dtype)
+                sums[layer].addmm_(k.T, k)
+            taken = int(keep.sum())
+            counted += taken
+            documents += int(keep.any(dim=1).sum())
+            bar.update(taken)
+            if counted >= n_tokens:
+                break
+    seconds = time.perf_counter() - start
+    if counted < n_tokens:
+        raise StatisticError(
+            f"Corpus {corpus.corpus_id!r} holds only {counted} tokens (at most {max_length} per document); "
+            f"asked for {n_tokens}. Use a larger corpus or fewer tokens."
+        )
+    log.info("Statistics for layers %s: %d tokens from %d documents in %.1f s (%.0f tokens/s)",
+             layers, counted, documents, seconds, counted / max(seconds, 1e-9))
+    result = {}
+    for layer in layers:
+        moment = sums[layer] / counted
+        if not torch.isfinite(moment).all():
+            raise StatisticError(
+                f"The statistic of layer {layer} has non-finite entries (the model produced inf/NaN "
+                "activations on the corpus). Check the model's dtype (use float32) and its weights."
+            )
+        key = StatsKey(fingerprint, layer, corpus.corpus_id, n_tokens, dtype, max_length)
+        result[layer] = LayerStats(key, moment, counted, documents, seconds)
+    return result
+
+
+def _first_tokens(mask: torch.Tensor, budget: int) -> torch.Tensor:
+    """The mask with only its first `budget` ones (row-major) kept."""
+    flat = mask.reshape(-1).bool()
+    keep = flat & (torch.cumsum(flat.long(), 0) <= budget)
+    return keep.reshape(mask.shape)
+
+
+def _batches(
+    tokenizer, corpus: Corpus, sequences: list[torch.Tensor] | None, max_length: int, n_tokens: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rows = max(1, TOKENS_PER_BATCH // max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pending: list[list[int]] = []
+    for ids in _token_lists(tokenizer, corpus, sequences, max_length):
+        pending.append(ids)
+        if len(pending) == rows:
+            yield pad_right(pending, pad)
+            pending = []
+    if pending:
+        yield pad_right(pending, pad)
+
+
+def _token_lists(
+    tokenizer, corpus: Corpus, sequences: list[torch.Tensor] | None, max_length: int
+) -> Iterator[list[int]]:
+    if sequences is not None:
+        for seq in sequences:
+            yield seq[:max_length].tolist()
+        return
+    assert isinstance(corpus, TextCorpus)
+    chunk: list[str] = []
+    for doc in corpus.documents():
+        chunk.append(doc)
+        if len(chunk) == 64:
+            yield from tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
+            chunk = []
+    if chunk:
+        yield from tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
+
+
+class StatsStore:
+    """Disk cache of layer statistics under `root`, keyed by `StatsKey` (checked again on load)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def get(
+        self,
+        model: nn.Module,
+        tokenizer,
+        layers: list[int] | tuple[int, ...],
+        *,
+        corpus: str = "model-sampled",
+        n_tokens: int,
+        dtype: str = "float32",
+        fingerprint: str | None = None,
+        max_length: int = 128,
+        seed: int = 0,
+    ) -> dict[int, torch.Tensor]:
+        """C_l for each layer: loaded when cached, otherwise collected (all missing layers in one pass)."""
+        found = self.get_layer_stats(model, tokenizer, layers, corpus=corpus, n_tokens=n_tokens, dtype=dtype,
+                                     fingerprint=fingerprint, max_length=max_length, seed=seed)
+        return {layer: stats.moment for layer, stats in found.items()}
+
+    def get_layer_stats(
+        self,
+        model: nn.Module,
+        tokenizer,
+        layers: list[int] | tuple[int, ...],
+        *,
+        corpus: str = "model-sampled",
+        n_tokens: int,
+        dtype: str = "float32",
+        fingerprint: str | None = None,
+        max_length: int = 128,
+        seed: int = 0,
+    ) -> dict[int, LayerStats]:
+        """Like `get`, with the sample sizes and timing of each statistic."""
+        check_layers(model, list(layers))
+        fingerprint = fingerprint or model_fingerprint(model)
+        source = open_corpus(corpus, seed=seed)
+        found: dict[int, LayerStats] = {}
+        for layer in sorted(set(layers)):
+            key = StatsKey(fingerprint, layer, source.corpus_id, n_tokens, dtype, max_length)
+            cached = self._load(key)
+            if cached is not None:
+                found[layer] = cached
+        missing = sorted(set(layers) - set(found))
+        if missing:
+            sequences = None
+            if isinstance(source, SampledCorpus):
+                sequences = self._sampled(model, tokenizer, source, n_tokens, max_length, fingerprint)
+            fresh = collect_stats(model, tokenizer, missing, source, n_tokens=n_tokens, dtype=dtype,
+                                  max_length=max_length, fingerprint=fingerprint, sequences=sequences)
+            for stats in fresh.values():
+                self._save(stats)
+            found.update(fresh)
+        return found
+
+    def path(self, key: StatsKey) -> Path:
+        return self.root / key.relative_path()
+
+    def _load(self, key: StatsKey) -> LayerStats | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        stored = json.loads(meta.get("key", "{}"))
+        if stored != asdict(key):
+            log.warning("Ignoring %s: it was stored for %s, not %s", path, stored, asdict(key))
+            return None
+        moment = load_file(str(path))["moment"]
+        log.info("Loaded cached statistic of layer %d from %s", key.layer, path)
+        return LayerStats(key, moment, int(meta["n_tokens"]), int(meta["n_documents"]), float(meta["seconds"]))
+
+    def _save(self, stats: LayerStats) -> None:
+        meta = {"key": json.dumps(asdict(stats.key)), "n_tokens": str(stats.n_tokens),
+                "n_documents": str(stats.n_documents), "seconds": str(stats.seconds)}
+        atomic_write_bytes(self.path(stats.key), save({"moment": stats.moment.contiguous()}, metadata=meta))
+
+    def _sampled(
+        self, model: nn.Module, tokenizer, source: SampledCorpus, n_tokens: int, length: int, fingerprint: str
+    ) -> list[torch.Tensor]:
+        """Sampled token sequences, cached next to the statistics (sampling is the expensive part)."""
+        path = self.root / fingerprint / f"sampled-seed{source.seed}-n{n_tokens}-len{length}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            if meta.get("fingerprint") == fingerprint:
+                return list(load_file(str(path))["ids"])
+        sequences = sample_sequences(model, tokenizer, n_tokens, length=length, seed=source.seed)
+        atomic_write_bytes(path, save({"ids": torch.stack(sequences)}, metadata={"fingerprint": fingerprint}))
+        return sequences
+
