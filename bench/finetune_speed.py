@@ -90,10 +90,10 @@ def main() -> None:
     for method, dtype in configs:
         row = run_child(args, method, dtype)
         rows.append(row)
-        print(f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  train {row['train_s']:7.1f} s"
-              f"  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:7.1f} s  peak RSS {row['peak_rss_mib']:6.0f} MiB"
-              f" (model loaded: {row['rss_model_mib']:.0f})  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
-              flush=True)
+        print(f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
+              f"train {row['train_s']:7.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:7.1f} s  "
+              f"peak RSS {row['peak_rss_mib']:6.0f} MiB (model loaded: {row['rss_model_mib']:.0f})  "
+              f"loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     speed = {(r["method"], r["dtype"]): r["tokens_per_s"] for r in rows}
     for dtype in args.dtypes.split(","):

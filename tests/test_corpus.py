@@ -56,8 +56,8 @@ def test_hotpotqa_records_use_supporting_sentences(tmp_path: Path) -> None:
                 "context": {"title": ["Poem"], "sentences": [["A poet wrote it.", "In spring."]]},
                 "supporting_facts": {"title": [], "sent_id": []}}
     examples = load_corpus(_write(tmp_path / "hotpot.json", [record, hf_style]))
-    assert examples[0] == InstructionExample("Which river is longer?", "First river: It is long.\nSecond river: It is short.",
-                                             "the first", "the first")
+    context = "First river: It is long.\nSecond river: It is short."
+    assert examples[0] == InstructionExample("Which river is longer?", context, "the first", "the first")
     assert examples[1].input == "Poem: A poet wrote it. In spring."
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
 from editdecay.data import InstructionExample, format_prompt
@@ -29,6 +28,7 @@ from editdecay.finetuning import runner as runner_module
 from editdecay.finetuning.collate import IGNORE_INDEX, epoch_batches
 from editdecay.finetuning.loop import learning_rate, plan_steps
 from editdecay.models import model_fingerprint
+from tiny import tiny_model, tiny_tokenizer
 
 EXAMPLES = [
     InstructionExample(f"Is {a} more than {b}?", "", f"the correct answer is {'true' if a > b else 'false'}",
@@ -347,7 +347,7 @@ def test_loading_onto_another_base_is_refused(tmp_path: Path) -> None:
     result, _ = _run(tmp_path, "out", _spec(max_steps=1))
     with pytest.raises(ValueError, match="fine-tuned from a model with fingerprint"):
         load_finetuned(tiny_model("llama", seed=1), result)
-    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
         FinetuneResult.load(tmp_path / "nowhere")
 
 
@@ -409,3 +409,20 @@ def test_smollm2_lora_on_edited_blocks(smollm2, tmp_path: Path) -> None:
     changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, model.get_parameter(n))}
     assert changed == {f"{n}.weight" for n in result.manifest["modules"]}
     assert all(int(n.split(".")[2]) in range(4, 9) for n in changed)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "gemma3"])
+def test_target_only_logits_give_the_full_cross_entropy(arch: str) -> None:
+    from editdecay.finetuning.collate import collate
+    from editdecay.finetuning.loop import token_loss_sum
+
+    model = tiny_model(arch)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 5.0  # applied after the unembedding: must still be included
+    tokenizer = tiny_tokenizer(add_bos=arch == "gemma3")
+    batch = collate([tokenize_example(tokenizer, ex, 112, train_on_inputs=False) for ex in EXAMPLES[:3]], 0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+    torch.testing.assert_close(token_loss_sum(model, batch), expected, rtol=1e-5, atol=1e-5)
+    assert not model.get_output_embeddings()._forward_pre_hooks

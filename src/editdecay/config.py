@@ -39,8 +39,8 @@ class EditorConfig(_Strict):
     name: Literal["memit", "alphaedit"] = "memit"
     preset: str | None = None
     hparams: dict[str, Any] = Field(default_factory=dict)
-    stats_corpus: str = "model-sampled"
-    stats_tokens: int | None = Field(None, ge=1)
+    stats_corpus: str | None = None  # shorthand for hparams.mom2_dataset (None: the preset's)
+    stats_tokens: int | None = Field(None, ge=1)  # shorthand for hparams.mom2_n_tokens
     seed: int = 0
 
 

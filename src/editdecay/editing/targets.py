@@ -187,8 +187,8 @@ def _optimise(
                 "Use a float32 model, or lower v_lr / clamp_norm_factor."
             )
         for i, row in enumerate(rows.tolist()):
-            final_loss[row] = float(loss[i])
-            final_nll[row] = float(nll[i])
+            final_loss[row] = float(loss[i].detach())
+            final_nll[row] = float(nll[i].detach())
         done = loss.detach() < settings.early_stop_loss
         for row in rows[done].tolist():
             steps_taken[row] = step

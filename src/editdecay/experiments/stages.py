@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from editdecay.config import ExperimentConfig
 from editdecay.data import EditRequest, load_corpus
 from editdecay.editing import StatsStore, WeightPatch, build_editor
 from editdecay.evaluation import (
@@ -36,13 +37,19 @@ def edit_stage(run: _Run, requests: list[EditRequest], key: str) -> WeightPatch:
     assert base is not None
 
     def compute(path: Path) -> None:
-        editor = build_editor(config.editor.name, dict(config.editor.hparams) or None, preset=config.editor.preset)
+        editor = build_editor(config.editor.name, editor_hparams(config) or None, preset=config.editor.preset)
         patch = editor.edit(base.model, base.tokenizer, requests, stats=StatsStore(run.store.stats_root),
                             seed=config.editor.seed, fingerprint=base.fingerprint)
         patch.save(path / "patch")
 
     path = run.stage("edit", "patches", key, compute)
     return WeightPatch.load(path / "patch")
+
+
+def editor_hparams(config: ExperimentConfig) -> dict[str, Any]:
+    """The editor's hyperparameter overrides, with the config's statistics shorthands folded in."""
+    shorthands = {"mom2_dataset": config.editor.stats_corpus, "mom2_n_tokens": config.editor.stats_tokens}
+    return {**{k: v for k, v in shorthands.items() if v is not None}, **config.editor.hparams}
 
 
 def _finetune_spec(run: _Run) -> FinetuneSpec:

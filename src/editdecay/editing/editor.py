@@ -1,0 +1,250 @@
+"""The shared driver of locate-then-edit editors (MEMIT, AlphaEdit): statistics, context templates,
+target values, then per layer (ascending) keys on the current model, residual spread and a closed-form
+update (ALGORITHMS §1-2). Subclasses supply the update rule.
+
+The caller's model is edited in place while `edit` runs and restored bit for bit afterwards (unless
+`in_place=True`), and on any exception, so the weights are never left half-edited.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+import transformers
+from torch import nn
+
+import editdecay
+from editdecay.data import EditRequest
+from editdecay.editing.context import sample_context_templates
+from editdecay.editing.hparams import (
+    MemitHyperParams,
+    fallback_hparams,
+    preset_for_model,
+    preset_values,
+    read_hparams_file,
+)
+from editdecay.editing.keys import compute_keys
+from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
+from editdecay.editing.stats import LayerStats, StatsStore
+from editdecay.editing.subject import EditInputError, check_request
+from editdecay.editing.targets import TargetSettings, compute_targets
+from editdecay.models import arch_for, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+HP = TypeVar("HP", bound=MemitHyperParams)
+
+
+@dataclass
+class EditRun:
+    """Everything one `edit` call resolved and measured; becomes the patch manifest."""
+
+    hparams: MemitHyperParams
+    fingerprint: str
+    contexts: list[str] = field(default_factory=list)
+    stats: dict[int, LayerStats] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def time(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+
+class LocateEditor(ABC, Generic[HP]):
+    """Base of MEMIT-style editors. `hparams`: overrides (dict or hparams file) on top of the preset."""
+
+    name: ClassVar[str]
+    hparams_class: ClassVar[type[MemitHyperParams]]
+
+    def __init__(self, hparams: dict[str, Any] | str | Path | MemitHyperParams | None = None, *,
+                 preset: str | None = None) -> None:
+        if isinstance(hparams, MemitHyperParams):
+            self.overrides: dict[str, Any] = hparams.to_dict()
+            self.source = "hyperparameter object"
+        elif isinstance(hparams, (str, Path)):
+            self.overrides = read_hparams_file(hparams)
+            self.source = str(hparams)
+        else:
+            self.overrides = dict(hparams or {})
+            self.source = "overrides"
+        if preset is not None:
+            preset_values(preset, alphaedit=self._alphaedit)  # fail early on an unknown name
+        self.preset = preset
+        # Validate the overrides on their own now, so a typo fails before any model work.
+        self.hparams_class.from_dict(self.overrides, source=self.source)
+
+    @property
+    def _alphaedit(self) -> bool:
+        return self.name == "alphaedit"
+
+    def resolved_hparams(self, model: nn.Module) -> HP:
+        """Defaults < preset (named, or recognised from the model) < overrides; checked against the model."""
+        preset = self.preset or preset_for_model(model)
+        if preset is not None:
+            base = preset_values(preset, alphaedit=self._alphaedit)
+        else:
+            base = fallback_hparams(model)
+            log.warning("No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
+                        "Tune them for this model (see docs/editing_presets.md).", self.name, base["layers"],
+                        base["mom2_update_weight"])
+        hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source)
+        return hp.for_model(model)  # type: ignore[return-value]
+
+    def edit(
+        self,
+        model: nn.Module,
+        tokenizer,
+        requests: Sequence[EditRequest],
+        *,
+        stats: StatsStore,
+        seed: int = 0,
+        fingerprint: str | None = None,
+        in_place: bool = False,
+    ) -> WeightPatch:
+        """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place)."""
+        patch, _ = self._edit(model, tokenizer, requests, stats=stats, seed=seed, fingerprint=fingerprint,
+                              in_place=in_place, state=None)
+        return patch
+
+    def _edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, stats: StatsStore,
+              seed: int, fingerprint: str | None, in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
+        requests = list(requests)
+        if not requests:
+            raise EditInputError("No edit requests given.")
+        for request in requests:
+            check_request(request)
+        hp = self.resolved_hparams(model)
+        run = EditRun(hp, fingerprint or model_fingerprint(model))
+        started = time.perf_counter()
+        run.stats = self._statistics(model, tokenizer, hp, stats, run.fingerprint)
+        run.time("statistics", time.perf_counter() - started)
+        tick = time.perf_counter()
+        run.contexts = sample_context_templates(model, tokenizer, count=hp.context_template_count,
+                                                length=hp.context_template_tokens, seed=seed)
+        run.time("context_templates", time.perf_counter() - tick)
+        tick = time.perf_counter()
+        prepared = self._prepare(hp, run)
+        run.time("prepare", time.perf_counter() - tick)
+        state = self._initial_state(hp, state)
+
+        arch = arch_for(model)
+        names = {layer: arch.mlp_out_weight_name(layer) for layer in hp.layers}
+        params = {layer: model.get_parameter(name) for layer, name in names.items()}
+        originals = {layer: p.detach().clone() for layer, p in params.items()}
+        totals = {layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device)
+                  for layer, p in params.items()}
+        restore = not in_place
+        try:
+            size = hp.batch_size or len(requests)
+            for first in range(0, len(requests), size):
+                batch = requests[first: first + size]
+                state = self._edit_batch(model, tokenizer, batch, hp, run, prepared, state, params,
+                                         originals, totals, arch.mlp_out_transposed)
+        except BaseException:
+            restore = True
+            raise
+        finally:
+            if restore:
+                with torch.no_grad():
+                    for layer, param in params.items():
+                        param.copy_(originals[layer])
+        run.time("total", time.perf_counter() - started)
+        patch = WeightPatch({names[layer]: totals[layer] for layer in hp.layers},
+                            self._manifest(run, requests, names, totals, seed))
+        return patch, state
+
+    def _edit_batch(self, model: nn.Module, tokenizer, batch: list[EditRequest], hp: HP, run: EditRun,
+                    prepared: Any, state: Any, params: dict[int, nn.Parameter],
+                    originals: dict[int, torch.Tensor], totals: dict[int, torch.Tensor],
+                    transposed: bool) -> Any:
+        z_layer = hp.layers[-1]
+        settings = TargetSettings(z_layer=z_layer, steps=hp.v_num_grad_steps, lr=hp.v_lr,
+                                  weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
+                                  kl_factor=hp.kl_factor, early_stop_loss=hp.v_early_stop_loss)
+        tick = time.perf_counter()
+        targets = compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
+        run.time("targets", time.perf_counter() - tick)
+        record: dict[str, Any] = {
+            "requests": len(batch), "target_steps_mean": sum(targets.steps) / len(batch),
+            "target_nll_mean": sum(targets.final_nll) / len(batch), "layers": {}}
+        device = next(model.parameters()).device
+        for i, layer in enumerate(hp.layers):
+            tick = time.perf_counter()
+            current = compute_keys(model, tokenizer, batch, run.contexts, [layer], z_layer=z_layer)
+            run.time("keys", time.perf_counter() - tick)
+            tick = time.perf_counter()
+            assert current.z_current is not None
+            # Spread what is still missing at L_z evenly over this and the remaining layers (§1.5).
+            residual = (targets.z - current.z_current).T / (len(hp.layers) - i)
+            keys = current.keys[layer].T
+            delta = self._layer_delta(layer, residual.to(device), keys.to(device), hp, prepared, state)
+            oriented = delta.T if transposed else delta
+            with torch.no_grad():
+                totals[layer] += oriented.to(totals[layer].dtype)
+                params[layer].copy_(add_delta(originals[layer], totals[layer]))
+            run.time("solve", time.perf_counter() - tick)
+            record["layers"][layer] = {"update_norm": float(delta.norm()),
+                                       "residual_norm_mean": float(residual.norm(dim=0).mean())}
+        tick = time.perf_counter()
+        state = self._after_batch(model, tokenizer, batch, hp, run, state)
+        run.time("after_batch", time.perf_counter() - tick)
+        run.batches.append(record)
+        return state
+
+    def _statistics(self, model: nn.Module, tokenizer, hp: HP, store: StatsStore, fingerprint: str
+                    ) -> dict[int, LayerStats]:
+        if not hp.mom2_adjustment:
+            return {}
+        return store.get_layer_stats(model, tokenizer, hp.layers, corpus=hp.mom2_dataset, n_tokens=hp.mom2_n_tokens,
+                                     dtype=hp.mom2_dtype, fingerprint=fingerprint, max_length=hp.mom2_max_length)
+
+    def _manifest(self, run: EditRun, requests: list[EditRequest], names: dict[int, str],
+                  totals: dict[int, torch.Tensor], seed: int) -> dict[str, Any]:
+        hp = run.hparams
+        return {
+            "editor": self.name,
+            "hparams": hp.to_dict(),
+            "hparams_source": self.source,
+            "preset": self.preset,
+            "layers": list(hp.layers),
+            "parameters": [names[layer] for layer in hp.layers],
+            "request_ids": [r.case_id for r in requests],
+            "base_fingerprint": run.fingerprint,
+            "protocol": {"n_requests": len(requests), "batch_size": hp.batch_size or len(requests),
+                         "sequential": hp.batch_size is not None and hp.batch_size < len(requests),
+                         "n_batches": len(run.batches), "seed": seed, "model_restored_between_batches": False},
+            "context_templates": run.contexts,
+            "statistics": {str(layer): s.summary() for layer, s in run.stats.items()},
+            "update_norms": {str(layer): float(totals[layer].norm()) for layer in hp.layers},
+            "batches": run.batches,
+            "timings": {k: round(v, 3) for k, v in run.timings.items()},
+            **run.extra,
+            "versions": {"editdecay": editdecay.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "python": platform.python_version()},
+        }
+
+    @abstractmethod
+    def _prepare(self, hp: HP, run: EditRun) -> Any:
+        """Per-layer data the update rule needs (computed once per `edit`)."""
+
+    @abstractmethod
+    def _layer_delta(self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: HP, prepared: Any,
+                     state: Any) -> torch.Tensor:
+        """The (d, m) update of one layer from residuals R (d, n) and keys K (m, n)."""
+
+    def _initial_state(self, hp: HP, state: Any) -> Any:
+        return state
+
+    def _after_batch(self, model: nn.Module, tokenizer, batch: list[EditRequest], hp: HP, run: EditRun,
+                     state: Any) -> Any:
+        return state
+
