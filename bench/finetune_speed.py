@@ -2,10 +2,12 @@
 
 Each configuration runs in its own subprocess (peak RSS is a per-process high-water mark), one after
 the other, on the same built-in examples. Ratios (DoRA/LoRA time per token, fp32/bf16) are computed from
-runs of one invocation. `--demo` instead times one demo-sized LoRA run end to end (model load excluded).
+runs of one invocation, using CPU seconds per token (wall time is at the mercy of other processes on a
+shared machine; with --threads 1, tokens per CPU-second is the single-core throughput). `--demo` instead
+times one demo-sized LoRA bf16 run (one epoch) end to end, model load excluded.
 
-    .venv/bin/python bench/finetune_speed.py --examples 200 --max-steps 4
-    .venv/bin/python bench/finetune_speed.py --demo --examples 256
+    .venv/bin/python bench/finetune_speed.py --examples 200 --max-steps 3 --threads 1
+    .venv/bin/python bench/finetune_speed.py --demo --examples 256 --lr 3e-4
 """
 
 from __future__ import annotations
@@ -36,17 +38,22 @@ def child(args: argparse.Namespace) -> None:
                         max_steps=args.max_steps, lr=args.lr, dropout=args.dropout,
                         train_on_inputs=not args.no_train_on_inputs)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = finetune(loaded.model, loaded.tokenizer, examples, spec, out_dir=Path(tmp) / "out", progress=False)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     manifest = result.manifest
     print(json.dumps({
         "method": args.method, "dtype": args.dtype, "examples": len(examples), "steps": manifest["steps"],
         "tokens": manifest["tokens"], "train_s": manifest["train_seconds"], "tokens_per_s": manifest["tokens_per_s"],
-        "wall_s": wall, "rss_model_mib": rss_model,
+        "wall_s": wall, "cpu_s": cpu, "rss_model_mib": rss_model,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "first_loss": manifest["train_losses"][0], "last_loss": manifest["train_losses"][-1],
     }))
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_child(args: argparse.Namespace, method: str, dtype: str) -> dict:
@@ -91,11 +98,13 @@ def main() -> None:
         row = run_child(args, method, dtype)
         rows.append(row)
         print(f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
-              f"train {row['train_s']:7.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:7.1f} s  "
+              f"train {row['train_s']:6.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:6.1f} s  "
+              f"CPU {row['cpu_s']:6.1f} s ({row['tokens'] / row['cpu_s']:5.1f} tok/CPU-s)  "
               f"peak RSS {row['peak_rss_mib']:6.0f} MiB (model loaded: {row['rss_model_mib']:.0f})  "
               f"loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
-    speed = {(r["method"], r["dtype"]): r["tokens_per_s"] for r in rows}
+    # Ratios from CPU time per token: robust to other processes sharing the machine.
+    speed = {(r["method"], r["dtype"]): r["tokens"] / r["cpu_s"] for r in rows}
     for dtype in args.dtypes.split(","):
         if ("lora", dtype) in speed and ("dora", dtype) in speed:
             print(f"DoRA/LoRA time per token ({dtype}): {speed[('lora', dtype)] / speed[('dora', dtype)]:.2f}")

@@ -394,6 +394,41 @@ def test_cli_finetune_on_a_local_model(tmp_path: Path) -> None:
         assert bad.exit_code == 2 and message in text, bad.output
 
 
+def test_cli_finetune_with_a_weight_patch(tmp_path: Path) -> None:
+    from editdecay.cli import app
+    from editdecay.editing import WeightPatch
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer(add_bos=True).save_pretrained(model_dir)
+    reloaded_fp = model_fingerprint(tiny_model("llama"))
+    delta = torch.randn(32, 64, generator=torch.Generator().manual_seed(0)) * 0.1
+    patch = WeightPatch({"model.layers.2.mlp.down_proj.weight": delta},
+                        {"base_fingerprint": reloaded_fp, "layers": [2]})
+    patch.save(tmp_path / "patch")
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([ex.to_dict() for ex in EXAMPLES]))
+    args = ["finetune", "--model", str(model_dir), "--corpus", str(corpus), "--patch", str(tmp_path / "patch"),
+            "--method", "full", "--layers", "edited", "--max-steps", "2", "--batch-size", "4", "--cutoff-len", "112",
+            "--dtype", "float32"]
+    outcome = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert outcome.exit_code == 0, outcome.output
+    result = FinetuneResult.load(tmp_path / "out")
+    assert result.manifest["edited_layers"] == [2] and result.manifest["layers"] == [2]
+    assert all(".layers.2." in name for name in result.manifest["modules"])
+    assert result.manifest["base_fingerprint"] == patch.patched_fingerprint
+    patched = tiny_model("llama")
+    patch.apply(patched)
+    assert result.manifest["model_fingerprint"] == model_fingerprint(patched)
+    assert not torch.equal(load_finetuned(patched, result).get_parameter("model.layers.2.mlp.down_proj.weight"),
+                           patched.get_parameter("model.layers.2.mlp.down_proj.weight"))
+    with pytest.raises(ValueError, match="fine-tuned from a model"):
+        load_finetuned(tiny_model("llama"), result)
+    other = CliRunner().invoke(app, [*args, "--layers", "non_edited", "--out", str(tmp_path / "rest")])
+    assert other.exit_code == 0, other.output
+    assert FinetuneResult.load(tmp_path / "rest").manifest["layers"] == [0, 1, 3]
+
+
 # --- real model -------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def finetune_command(
     """Fine-tune a model (optionally with a WeightPatch applied) and save an adapter or weight delta."""
     from editdecay.data import DataFormatError, corpus_id, load_corpus
     from editdecay.finetuning import FinetuneSpec, finetune
-    from editdecay.models import ModelLoadError, combine_fingerprints, load_model
+    from editdecay.models import ModelLoadError, load_model
 
     target_names = tuple(t.strip() for t in targets.split(",") if t.strip())
     try:
@@ -81,6 +81,9 @@ def finetune_command(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    if patch is None and spec.layers in ("edited", "non_edited"):
+        raise typer.BadParameter(f"--layers {spec.layers} needs --patch (the patch defines the edited blocks).",
+                                 param_hint="--layers")
     try:
         examples = load_corpus(corpus, max_examples=max_examples, seed=corpus_seed, fmt=corpus_format)  # type: ignore[arg-type]
     except (DataFormatError, FileNotFoundError, ValueError) as err:
@@ -96,16 +99,12 @@ def finetune_command(
 
         try:
             weight_patch = WeightPatch.load(patch)
+            weight_patch.apply(loaded.model, fingerprint=loaded.fingerprint)
         except (FileNotFoundError, ValueError) as err:
             raise typer.BadParameter(str(err), param_hint="--patch") from err
-        weight_patch.apply(loaded.model)
         edited_layers = list(weight_patch.layers)
-        base_fingerprint = combine_fingerprints(loaded.fingerprint, weight_patch.patch_id)
+        base_fingerprint = weight_patch.patched_fingerprint
         typer.echo(f"Applied patch {weight_patch.patch_id} (edited blocks {edited_layers}).")
-    elif spec.layers in ("edited", "non_edited"):
-        raise typer.BadParameter(f"--layers {spec.layers} needs --patch (the patch defines the edited blocks).",
-                                 param_hint="--layers")
-
     typer.echo(f"{len(examples)} examples from {corpus}; {spec.method} on {model}, spec {spec.spec_id()}.")
     try:
         result = finetune(loaded.model, loaded.tokenizer, examples, spec, out_dir=out, edited_layers=edited_layers,

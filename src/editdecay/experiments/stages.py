@@ -74,10 +74,10 @@ def build_groups(run: _Run, patch: WeightPatch, keys: dict[str, str]) -> None:
     base = run.base
     assert base is not None
     med = deep_copy_model(base.model)
-    patch.apply(med)
+    patch.apply(med, fingerprint=base.fingerprint)  # med is a copy of the base: its fingerprint is known
     run.models["Med"] = med
     ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers)
-    ft_edited = _finetune(run, "finetune Med", keys["ft_edited"], med, patch.patch_id, patch.layers)
+    ft_edited = _finetune(run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers)
     run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
     run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
 

@@ -120,7 +120,10 @@ class Checkpoint:
             for name, param in trainable.items():
                 param.copy_(tensors[name])
         optimizer.load_state_dict(torch.load(self.directory / _OPTIMIZER, weights_only=True))
-        torch.set_rng_state(torch.load(self.directory / _RNG, weights_only=True))
+        rng = torch.load(self.directory / _RNG, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         tqdm.write(f"Resuming from {self.directory} at step {saved['state']['step']}.")
         return TrainState(**saved["state"])
 
@@ -128,7 +131,8 @@ class Checkpoint:
         with atomic_directory(self.directory) as staging:
             torch.save({n: p.detach() for n, p in _trainable(trained).items()}, staging / _TENSORS)
             torch.save(optimizer.state_dict(), staging / _OPTIMIZER)
-            torch.save(torch.get_rng_state(), staging / _RNG)
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+            torch.save({"cpu": torch.get_rng_state(), "cuda": cuda}, staging / _RNG)
             (staging / _STATE).write_text(json.dumps({"run_key": self.run_key, "state": asdict(state)}))
 
     def clear(self) -> None:

@@ -136,9 +136,10 @@ def _existing_result(out_dir: Path, run_key: dict[str, Any]) -> FinetuneResult |
         raise FileExistsError(f"{out_dir} exists but holds no fine-tuning result; choose another output directory.")
     existing = FinetuneResult.load(out_dir)
     if existing.manifest.get("run_key") != run_key:
+        differs = sorted(k for k in run_key if existing.manifest.get("run_key", {}).get(k) != run_key[k])
         raise FileExistsError(
-            f"{out_dir} holds a different fine-tuning run (spec {existing.manifest.get('spec_id')}, method "
-            f"{existing.method}); choose another output directory or delete it."
+            f"{out_dir} holds a different fine-tuning run ({existing.method}, spec {existing.manifest.get('spec_id')}; "
+            f"differs in {', '.join(differs)}); choose another output directory or delete it."
         )
     return existing
 

@@ -208,8 +208,10 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT)"),
     KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
     KnownModel("llama-2-7b / llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)"),
-    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8), "PLACEHOLDER"),
-    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7), "PLACEHOLDER"),
+    KnownModel("smollm2-135m", "llama", 30, 576, (5, 6, 7, 8, 9),
+               "causal tracing of MLP outputs (5-layer window peaks at layer 7); docs/edit_layers.md"),
+    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (2, 3, 4, 5, 6),
+               "causal tracing of MLP outputs (5-layer window peaks at layer 4); docs/edit_layers.md"),
 )
 
 
