@@ -165,3 +165,38 @@ def test_cli_evaluate_with_adapter(tiny_dir: Path) -> None:
     assert "M->Mft" in summary["edits"]["decay"]["knowledge"]
     activations = pd.read_parquet(out / "activations.parquet")
     assert set(activations["pair"]) == {"Mft-M"} and activations["drift"].gt(0).any()
+
+
+def test_cli_evaluate_with_patch_and_adapter(tiny_dir: Path) -> None:
+    editing = pytest.importorskip("editdecay.editing")
+    finetuning = pytest.importorskip("editdecay.finetuning")
+    import torch
+
+    from editdecay.data import load_corpus
+    from editdecay.models import load_model, model_fingerprint
+
+    edited = load_model(str(tiny_dir / "model")).model
+    name = "model.layers.1.mlp.down_proj.weight"
+    delta = 0.5 * torch.randn(edited.get_parameter(name).shape, generator=torch.Generator().manual_seed(0))
+    patch = editing.WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(edited), "layers": [1]})
+    patch.save(tiny_dir / "patch")
+    patch.apply(edited)
+    spec = finetuning.FinetuneSpec(method="lora", epochs=1, batch_size=4, cutoff_len=64, compute_dtype="float32")
+    finetuning.finetune(edited, tiny_tokenizer(add_bos=True), load_corpus("builtin", max_examples=8), spec,
+                        out_dir=tiny_dir / "adapter", progress=False)
+    out = tiny_dir / "out"
+    result = _invoke(["--model", str(tiny_dir / "model"), "--patch", str(tiny_dir / "patch"),
+                      "--adapter", str(tiny_dir / "adapter"), "--dataset", str(tiny_dir / "edits.json"),
+                      "--control", str(tiny_dir / "edits.json"), "--activation-prompts", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"] == ["M", "Med", "Med_ft"]
+    decay = summary["edits"]["decay"]
+    assert decay["successes_after_edit"] + decay["failures_after_edit"] == 3
+    assert sum(decay["outcomes"][k] for k in ("stable", "erased", "emergent", "impossible")) == 3
+    assert set(pd.read_parquet(out / "outcomes.parquet")["case_id"]) == {"0", "1", "2"}
+    assert "M->Med" in summary["control"] and "ns_agreement" in pd.read_parquet(out / "per_edit.parquet")
+    activations = pd.read_parquet(out / "activations.parquet")
+    assert set(activations["pair"]) == {"Med-M", "Med_ft-Med"}
+    assert activations.loc[activations["pair"] == "Med-M"].set_index("layer")["drift"].loc[0] == 0  # below the patch
+    assert activations.loc[activations["pair"] == "Med-M"].set_index("layer")["drift"].loc[1] > 0
