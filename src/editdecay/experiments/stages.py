@@ -163,7 +163,7 @@ def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables:
         decay = decay_summary(per_edit)
         summary[set_name] = {"groups": group_metrics, "decay": decay}
         for group, metrics in group_metrics.items():
-            metric_rows.append({"run_id": run_id, "set": set_name, "group": group,
+            metric_rows.append({"run_id": run_id, "set": set_name, "group": group, "downstream_avg": None,
                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         if set_name == "edits":
             outcomes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit["M"])
