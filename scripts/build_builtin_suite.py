@@ -169,13 +169,9 @@ def split_roles(known: list[Fact], relations: list[Relation], rng: random.Random
         chosen = [f for f in facts if f.subject not in used and f.subject not in embedded][:quota]
         used.update(f.subject for f in chosen)
         edits += chosen
-    edited = {f.subject for f in edits}
     controls: list[Fact] = []
     for relation in relations:
-        facts = [
-            f for f in by_relation[relation.name]
-            if f.subject not in used and not any(mentions(f.subject, s) for s in edited)
-        ]
+        facts = [f for f in by_relation[relation.name] if f.subject not in used]
         rng.shuffle(facts)
         chosen = []
         for fact in facts:
@@ -194,7 +190,7 @@ def neighbor_candidates(edit: Fact, known: list[Fact], edited: set[str], tokeniz
     pool = [
         f for f in known
         if f.relation == relation and f.subject != edit.subject and f.true != edit.new
-        and first_token(tokenizer, f.true) != new_head and not any(mentions(f.subject, s) for s in edited)
+        and first_token(tokenizer, f.true) != new_head and f.subject not in edited
     ]
     rng.shuffle(pool)
     pool.sort(key=lambda f: f.true != edit.true)

@@ -8,10 +8,18 @@ its rewriting prompts (every context + prompt + target tokens but the last) and 
     + v_weight_decay * ||δ_r|| / ||z_init_r||^2,
 
 minimised with Adam (one state row per request; rows are independent, so the batch sums their losses)
-with the per-row early stop and norm clamp of the paper. Math-preserving speed-ups: the hidden states up
-to block L_z do not depend on δ, so they are computed once and blocks 0..L_z are replaced by a replay of
-that cache during the steps; the unembedding is applied only at the positions the loss reads; rows that
-have converged leave the batch.
+with the per-row early stop and norm clamp of the paper.
+
+Speed-ups that keep the math exact:
+- Nothing before the subject's last token depends on δ (causal attention), nor does anything below block
+  L_z. One no-grad pass computes block L_z's outputs and every block's keys/values; each optimisation step
+  then runs only blocks L_z+1.. and only on the tokens from the subject's last token on, attending to the
+  cached keys/values of the earlier tokens ("suffix" mode). Blocks 0..L_z are replaced by a replay of the
+  cached block-L_z outputs. Models whose sliding attention window is shorter than the prompts use the same
+  replay on whole sequences instead ("full" mode).
+- The unembedding is applied only at the positions the loss reads (a 49k vocabulary costs as much as a
+  third of SmolLM2 per position).
+- Requests that have converged leave the batch.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from editdecay.data import EditRequest
 from editdecay.editing.subject import essence_tokens, pad_id, pad_right, prompt_tokens, target_ids
@@ -36,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
+Mode = Literal["auto", "suffix", "full"]
 
 
 class TargetOptimisationError(RuntimeError):
@@ -63,8 +74,8 @@ class TargetResult:
     final_loss: list[float]
     final_nll: list[float]
     seconds: float
-    forward_steps: int = 0  # number of batched optimisation steps run (all chunks)
-    per_request: list[dict[str, float]] = field(default_factory=list)
+    optimisation_steps: int  # batched steps run, over all chunks
+    modes: list[str] = field(default_factory=list)  # "suffix" or "full", per chunk
 
 
 @dataclass
@@ -72,16 +83,27 @@ class _Batch:
     """All sequences of a chunk of requests, right-padded, with what the loss reads from each."""
 
     input_ids: torch.Tensor  # (S, T)
-    attention_mask: torch.Tensor
+    lengths: torch.Tensor  # (S,)
     owner: torch.Tensor  # (S,) request index within the chunk
-    subject_index: torch.Tensor  # (S,)
-    is_essence: torch.Tensor  # (S,) bool
-    # Flattened target positions over the rewriting sequences.
+    subject_index: torch.Tensor  # (S,) where δ is added
+    is_essence: torch.Tensor  # (S,) bool; the essence prompt's loss reads the subject position
+    # Rewriting targets, flattened: sequence, absolute position whose logits predict the token, token id.
     tgt_seq: torch.Tensor
     tgt_pos: torch.Tensor
     tgt_id: torch.Tensor
     n_requests: int
     n_contexts: int
+    pad: int
+
+
+@dataclass
+class _Prepared:
+    """The no-grad pass: block-L_z outputs (S, T, d), one raw block output (format template), and per-block
+    keys/values (S, H, T, hd) in suffix mode."""
+
+    hidden: torch.Tensor
+    template: object
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None
 
 
 def compute_targets(
@@ -92,31 +114,32 @@ def compute_targets(
     settings: TargetSettings,
     *,
     batch_size: int = 32,
+    mode: Mode = "auto",
     progress: bool = True,
 ) -> TargetResult:
     """Optimise one z per request; `batch_size` requests are optimised together (1: one at a time)."""
     if not 0 <= settings.z_layer < num_blocks(model):
         raise ValueError(f"z layer {settings.z_layer} is outside the model ({num_blocks(model)} blocks).")
     start = time.perf_counter()
-    zs, inits, steps, losses, nlls = [], [], [], [], []
+    zs, inits, steps, losses, nlls, modes = [], [], [], [], [], []
     total_steps = 0
     with tqdm(total=len(requests), desc="target values", unit="req", disable=not progress) as bar:
         for first in range(0, len(requests), batch_size):
             chunk = list(requests[first: first + batch_size])
             batch = _build_batch(tokenizer, chunk, contexts)
-            out = _optimise(model, batch, settings, [r.case_id for r in chunk])
-            zs.append(out[0])
-            inits.append(out[1])
-            steps.extend(out[2])
-            losses.extend(out[3])
-            nlls.extend(out[4])
-            total_steps += out[5]
+            chunk_mode = _choose_mode(model, batch, mode)
+            z, z_init, chunk_steps, chunk_losses, chunk_nlls, n_steps = _optimise(
+                model, batch, settings, [r.case_id for r in chunk], chunk_mode)
+            zs.append(z)
+            inits.append(z_init)
+            steps.extend(chunk_steps)
+            losses.extend(chunk_losses)
+            nlls.extend(chunk_nlls)
+            modes.append(chunk_mode)
+            total_steps += n_steps
             bar.update(len(chunk))
-    result = TargetResult(torch.cat(zs), torch.cat(inits), steps, losses, nlls, time.perf_counter() - start,
-                          total_steps)
-    result.per_request = [{"case_id": r.case_id, "steps": s, "loss": lo, "nll": nl}  # type: ignore[dict-item]
-                          for r, s, lo, nl in zip(requests, steps, losses, nlls, strict=True)]
-    return result
+    return TargetResult(torch.cat(zs), torch.cat(inits), steps, losses, nlls, time.perf_counter() - start,
+                        total_steps, modes)
 
 
 def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]) -> _Batch:
@@ -127,129 +150,188 @@ def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]
         target = target_ids(tokenizer, request.target_new)
         for context in contexts:
             prompt = prompt_tokens(tokenizer, context, request)
-            seq_index = len(sequences)
+            for j, token in enumerate(target):
+                tgt_seq.append(len(sequences))
+                tgt_pos.append(len(prompt.ids) - 1 + j)
+                tgt_id.append(token)
             sequences.append(prompt.ids + target[:-1])
             owner.append(r_index)
             subject_index.append(prompt.subject_index)
             is_essence.append(False)
-            for j, token in enumerate(target):
-                tgt_seq.append(seq_index)
-                tgt_pos.append(len(prompt.ids) - 1 + j)
-                tgt_id.append(token)
         essence = essence_tokens(tokenizer, request)
-        sequences.append(essence.ids)
+        # Only the subject position of the essence prompt is read, so the sequence can end there.
+        sequences.append(essence.ids[: essence.subject_index + 1])
         owner.append(r_index)
         subject_index.append(essence.subject_index)
         is_essence.append(True)
-    input_ids, mask = pad_right(sequences, pad_id(tokenizer))
+    pad = pad_id(tokenizer)
+    input_ids, mask = pad_right(sequences, pad)
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return _Batch(input_ids, mask, as_long(owner), as_long(subject_index), torch.tensor(is_essence),
-                  as_long(tgt_seq), as_long(tgt_pos), as_long(tgt_id), len(requests), len(contexts))
+    return _Batch(input_ids, mask.sum(dim=1), as_long(owner), as_long(subject_index), torch.tensor(is_essence),
+                  as_long(tgt_seq), as_long(tgt_pos), as_long(tgt_id), len(requests), len(contexts), pad)
+
+
+def _choose_mode(model: nn.Module, batch: _Batch, mode: Mode) -> str:
+    if mode != "auto":
+        return mode
+    window = getattr(model.config, "sliding_window", None)
+    layer_types = getattr(model.config, "layer_types", None) or []
+    sliding = window is not None and (not layer_types or "sliding_attention" in layer_types)
+    # Past + new tokens never exceed twice the longest sequence.
+    return "full" if sliding and 2 * batch.input_ids.shape[1] >= window else "suffix"
 
 
 def _optimise(
-    model: nn.Module, batch: _Batch, settings: TargetSettings, case_ids: list[str]
+    model: nn.Module, batch: _Batch, settings: TargetSettings, case_ids: list[str], mode: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[float], list[float], int]:
     device = next(model.parameters()).device
     n = batch.n_requests
-    z_block = block(model, settings.z_layer)
-    cached, template = _block_output(model, z_block, batch, device)
+    prepared = _prepare(model, batch, settings.z_layer, suffix=mode == "suffix")
     bare_rows = torch.nonzero(~batch.is_essence).squeeze(1).view(n, batch.n_contexts)[:, 0]
-    z_init = cached[bare_rows, batch.subject_index[bare_rows]].float()
+    z_init = prepared.hidden[bare_rows.to(device), batch.subject_index[bare_rows].to(device)].float()
     max_norm = settings.clamp_norm_factor * z_init.norm(dim=1)
     delta = torch.zeros_like(z_init)
-    adam_m = torch.zeros_like(delta)
-    adam_v = torch.zeros_like(delta)
+    adam_m, adam_v = torch.zeros_like(delta), torch.zeros_like(delta)
     active = torch.ones(n, dtype=torch.bool)
-    steps_taken = [settings.steps] * n
-    final_loss = [float("nan")] * n
-    final_nll = [float("nan")] * n
+    steps_taken = [settings.steps - 1] * n
+    final_loss, final_nll = [float("nan")] * n, [float("nan")] * n
     kl_init: torch.Tensor | None = None
-    batched_steps = 0
+    runs = 0
     for step in range(settings.steps):
         rows = torch.nonzero(active).squeeze(1)
-        if rows.numel() == 0:
-            break
-        d = delta[rows].clone().requires_grad_(True)
-        nll, log_p_kl = _forward_losses(model, batch, rows, d, cached, template, z_block, settings.z_layer,
-                                        device)
-        batched_steps += 1
-        if kl_init is None:  # step 0: δ = 0 for every row, so this is the unedited distribution
-            kl_init = log_p_kl.detach()
-        ref = kl_init[rows]
-        kl = (log_p_kl.exp() * (log_p_kl - ref)).sum(dim=1)
-        decay = settings.weight_decay * d.norm(dim=1) / z_init[rows].norm(dim=1) ** 2
+        d = delta[rows.to(device)].clone().requires_grad_(True)
+        nll, kl_log_p = _losses(model, batch, prepared, rows, d, settings.z_layer, mode)
+        runs += 1
+        if kl_init is None:  # step 0: δ = 0 on every row, so this is the unedited distribution
+            kl_init = kl_log_p.detach()
+        kl = (kl_log_p.exp() * (kl_log_p - kl_init[rows.to(device)])).sum(dim=1)
+        decay = settings.weight_decay * d.norm(dim=1) / z_init[rows.to(device)].norm(dim=1) ** 2
         loss = nll + settings.kl_factor * kl + decay
         if not torch.isfinite(loss).all():
-            bad = [case_ids[int(rows[i])] for i in torch.nonzero(~torch.isfinite(loss)).squeeze(1)]
+            bad = [case_ids[int(rows[i])] for i in torch.nonzero(~torch.isfinite(loss.detach())).squeeze(1)]
             raise TargetOptimisationError(
-                f"NaN/inf loss during target optimisation at step {step} for edit requests {bad}. "
-                "Use a float32 model, or lower v_lr / clamp_norm_factor."
+                f"NaN/inf loss during target optimisation (step {step}) for edit requests {bad}. Use a "
+                "float32 model, or lower v_lr / clamp_norm_factor."
             )
+        values, nll_values = loss.detach().cpu(), nll.detach().cpu()
         for i, row in enumerate(rows.tolist()):
-            final_loss[row] = float(loss[i].detach())
-            final_nll[row] = float(nll[i].detach())
-        done = loss.detach() < settings.early_stop_loss
+            final_loss[row], final_nll[row] = float(values[i]), float(nll_values[i])
+        done = values < settings.early_stop_loss
         for row in rows[done].tolist():
             steps_taken[row] = step
         if step == settings.steps - 1:
             break
         keep = ~done
-        if not keep.any():
-            active[rows] = False
-            break
-        (grad,) = torch.autograd.grad(loss[keep].sum(), d)
         active[rows[done]] = False
-        update_rows = rows[keep]
-        _adam_step(delta, adam_m, adam_v, grad[keep], update_rows, step + 1, settings.lr)
-        _clamp_rows(delta, update_rows, max_norm)
-    return (z_init + delta).cpu(), z_init.cpu(), steps_taken, final_loss, final_nll, batched_steps
+        if not keep.any():
+            break
+        (grad,) = torch.autograd.grad(loss[keep.to(device)].sum(), d)
+        moving = rows[keep].to(device)
+        _adam_step(delta, adam_m, adam_v, grad[keep.to(device)], moving, step + 1, settings.lr)
+        _clamp_rows(delta, moving, max_norm)
+    return (z_init + delta).cpu(), z_init.cpu(), steps_taken, final_loss, final_nll, runs
 
 
-def _adam_step(
-    param: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
-    t: int, lr: float,
-) -> None:
-    """torch.optim.Adam (no weight decay) on the given rows; every active row has taken t steps."""
+def _adam_step(param: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
+               t: int, lr: float) -> None:
+    """torch.optim.Adam (no weight decay) on the given rows; every moving row has taken t steps."""
     m[rows] = _BETAS[0] * m[rows] + (1 - _BETAS[0]) * grad
     v[rows] = _BETAS[1] * v[rows] + (1 - _BETAS[1]) * grad * grad
-    bias1 = 1 - _BETAS[0] ** t
-    bias2 = 1 - _BETAS[1] ** t
-    denom = (v[rows].sqrt() / bias2**0.5) + _EPS
-    param[rows] = param[rows] - (lr / bias1) * m[rows] / denom
+    denom = v[rows].sqrt() / (1 - _BETAS[1] ** t) ** 0.5 + _EPS
+    param[rows] = param[rows] - (lr / (1 - _BETAS[0] ** t)) * m[rows] / denom
 
 
 def _clamp_rows(delta: torch.Tensor, rows: torch.Tensor, max_norm: torch.Tensor) -> None:
     norms = delta[rows].norm(dim=1)
-    scale = torch.where(norms > max_norm[rows], max_norm[rows] / norms, torch.ones_like(norms))
+    limit = max_norm[rows]
+    scale = torch.where(norms > limit, limit / norms, torch.ones_like(norms))
     delta[rows] = delta[rows] * scale[:, None]
 
 
-def _block_output(
-    model: nn.Module, z_block: nn.Module, batch: _Batch, device: torch.device
-) -> tuple[torch.Tensor, object]:
-    """Block L_z's hidden output for every sequence (no grad) and one raw output as a format template."""
+def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> _Prepared:
+    device = next(model.parameters()).device
+    z_block = block(model, z_layer)
     raw: dict[str, object] = {}
-
-    def keep(_mod: nn.Module, _args: tuple, output: object) -> None:
-        raw["out"] = output
-
-    handle = z_block.register_forward_hook(keep)
+    handle = z_block.register_forward_hook(lambda _m, _a, output: raw.update(out=output))
+    mask = (torch.arange(batch.input_ids.shape[1])[None] < batch.lengths[:, None]).long()
+    inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": mask.to(device)}
     try:
         with torch.no_grad():
-            run_until(model, z_block, input_ids=batch.input_ids.to(device),
-                      attention_mask=batch.attention_mask.to(device), use_cache=False)
+            if suffix:
+                cache = DynamicCache(config=model.config)
+                run_until(model, final_norm(model), **inputs, past_key_values=cache, use_cache=True)
+                past = [(k, v) for k, v, *_ in cache]
+            else:
+                run_until(model, z_block, **inputs, use_cache=False)
+                past = None
     finally:
         handle.remove()
     output = raw["out"]
-    return hidden_of(output).detach(), output  # type: ignore[arg-type]
+    return _Prepared(hidden_of(output).detach(), output, past)  # type: ignore[arg-type]
+
+
+def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Tensor, delta: torch.Tensor,
+            z_layer: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per active request (rows): mean rewriting NLL and the essence log-distribution (len(rows), V)."""
+    device = delta.device
+    local = torch.full((batch.n_requests,), -1, dtype=torch.long)
+    local[rows] = torch.arange(rows.numel())
+    seqs = torch.nonzero(local[batch.owner] >= 0).squeeze(1)
+    owner = local[batch.owner[seqs]]
+    subject = batch.subject_index[seqs]
+    # Each step computes absolute positions [start, length) of every active sequence.
+    start = subject if mode == "suffix" else torch.zeros_like(subject)
+    count = batch.lengths[seqs] - start
+    width = int(count.max())
+    columns = torch.arange(width)
+    valid = columns[None] < count[:, None]
+    absolute = torch.where(valid, start[:, None] + columns[None], start[:, None])
+    row_index = seqs[:, None].expand_as(absolute)
+    input_ids = torch.where(valid, batch.input_ids[row_index, absolute], batch.pad)
+    hidden = prepared.hidden[row_index.to(device), absolute.to(device)]
+    # δ goes to the subject position (step index subject - start: 0 in suffix mode).
+    add = torch.zeros(hidden.shape, dtype=delta.dtype, device=device).index_put(
+        (torch.arange(seqs.numel(), device=device), (subject - start).to(device)), delta[owner.to(device)])
+    hidden = hidden + add.to(hidden.dtype)
+
+    past_len = int(start.max()) if prepared.past is not None else 0
+    mask = torch.cat([torch.arange(past_len)[None] < start[:, None], valid], dim=1).long()
+    kwargs: dict[str, object] = {"use_cache": False}
+    if past_len:
+        data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
+        kwargs = {"past_key_values": DynamicCache(ddp_cache_data=data, config=model.config), "use_cache": True}
+    norm_path = arch_for(model).final_norm_path
+    with _replay(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
+        run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                  position_ids=absolute.to(device), **kwargs)
+    normed = out[norm_path]
+
+    # Rewriting NLL: mean over each sequence's target tokens, then over each request's contexts.
+    seq_slot = torch.full((batch.input_ids.shape[0],), -1, dtype=torch.long)
+    seq_slot[seqs] = torch.arange(seqs.numel())
+    slot = seq_slot[batch.tgt_seq]
+    use = slot >= 0
+    t_slot, t_pos, t_id = slot[use], batch.tgt_pos[use], batch.tgt_id[use]
+    log_p = _log_probs(model, normed[t_slot.to(device), (t_pos - start[t_slot]).to(device)])
+    token_nll = -log_p.gather(1, t_id.to(device)[:, None]).squeeze(1)
+    t_slot = t_slot.to(device)
+    per_seq = (torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(0, t_slot, token_nll)
+               / torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(
+                   0, t_slot, torch.ones_like(token_nll)))
+    rewrite = torch.nonzero(~batch.is_essence[seqs]).squeeze(1)
+    nll = torch.zeros(rows.numel(), dtype=per_seq.dtype, device=device).index_add(
+        0, owner[rewrite].to(device), per_seq[rewrite.to(device)]) / batch.n_contexts
+    # KL distribution: the essence prompt's subject position, one per request, in row order.
+    essence = torch.nonzero(batch.is_essence[seqs]).squeeze(1)
+    essence = essence[torch.argsort(owner[essence])]
+    kl_log_p = _log_probs(model, normed[essence.to(device), (subject - start)[essence].to(device)])
+    return nll, kl_log_p
 
 
 @contextmanager
-def _replay(model: nn.Module, z_block: nn.Module, z_layer: int, template: object, hidden: torch.Tensor
-            ) -> Iterator[None]:
-    """While inside: blocks 0..L_z-1 pass their input through and block L_z returns `hidden`, so a
-    forward pass computes only blocks L_z+1.. (plus the cheap embedding)."""
+def _replay(model: nn.Module, z_layer: int, template: object, hidden: torch.Tensor) -> Iterator[None]:
+    """While inside, blocks 0..L_z-1 pass their input through and block L_z returns `hidden`: a forward
+    pass computes only the embedding and blocks L_z+1.."""
 
     def passthrough(*args: object, **kwargs: object) -> object:
         return replace_hidden(template, args[0] if args else kwargs["hidden_states"])  # type: ignore[arg-type]
@@ -260,68 +342,21 @@ def _replay(model: nn.Module, z_block: nn.Module, z_layer: int, template: object
     with ExitStack() as stack:
         for i in range(z_layer):
             stack.enter_context(_forward_replaced(block(model, i), passthrough))
-        stack.enter_context(_forward_replaced(z_block, replay))
+        stack.enter_context(_forward_replaced(block(model, z_layer), replay))
         yield
 
 
 @contextmanager
 def _forward_replaced(module: nn.Module, forward: object) -> Iterator[None]:
-    module.forward = forward  # type: ignore[method-assign]  # instance attribute shadows the class method
+    module.forward = forward  # type: ignore[method-assign]  # an instance attribute shadows the class method
     try:
         yield
     finally:
         del module.forward
 
 
-def _forward_losses(
-    model: nn.Module, batch: _Batch, rows: torch.Tensor, delta: torch.Tensor, cached: torch.Tensor,
-    template: object, z_block: nn.Module, z_layer: int, device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per active request: mean rewriting NLL (len(rows),) and the essence log-distribution (len(rows), V)."""
-    local = torch.full((batch.n_requests,), -1, dtype=torch.long)
-    local[rows] = torch.arange(rows.numel())
-    seq_local = local[batch.owner]
-    seqs = torch.nonzero(seq_local >= 0).squeeze(1)
-    owner = seq_local[seqs]
-    lengths = batch.attention_mask[seqs].sum(dim=1)
-    width = int(lengths.max())
-    input_ids = batch.input_ids[seqs, :width].to(device)
-    mask = batch.attention_mask[seqs, :width].to(device)
-    hidden = cached[seqs.to(device), :width]
-    add = torch.zeros_like(hidden, dtype=delta.dtype).index_put(
-        (torch.arange(seqs.numel(), device=device), batch.subject_index[seqs].to(device)),
-        delta[owner.to(device)], accumulate=True)
-    hidden = hidden + add.to(hidden.dtype)
-    norm_path = arch_for(model).final_norm_path
-    with _replay(model, z_block, z_layer, template, hidden), record(model, [norm_path]) as out:
-        run_until(model, final_norm(model), input_ids=input_ids, attention_mask=mask, use_cache=False)
-    normed = out[norm_path]
-    # Rewriting targets of the active sequences.
-    seq_pos = torch.full((batch.input_ids.shape[0],), -1, dtype=torch.long)
-    seq_pos[seqs] = torch.arange(seqs.numel())
-    tgt_row = seq_pos[batch.tgt_seq]
-    use = tgt_row >= 0
-    t_rows, t_pos, t_ids = tgt_row[use], batch.tgt_pos[use], batch.tgt_id[use]
-    log_p = _log_probs(model, normed[t_rows.to(device), t_pos.to(device)])
-    token_nll = -log_p.gather(1, t_ids.to(device)[:, None]).squeeze(1)
-    # Mean over each sequence's target tokens, then over each request's contexts.
-    n_seq = seqs.numel()
-    seq_sum = torch.zeros(n_seq, dtype=token_nll.dtype, device=device).index_add(0, t_rows.to(device), token_nll)
-    seq_count = torch.zeros(n_seq, dtype=token_nll.dtype, device=device).index_add(
-        0, t_rows.to(device), torch.ones_like(token_nll))
-    essence = batch.is_essence[seqs]
-    rewrite = torch.nonzero(~essence).squeeze(1)
-    per_seq = seq_sum[rewrite.to(device)] / seq_count[rewrite.to(device)]
-    nll = torch.zeros(rows.numel(), dtype=per_seq.dtype, device=device).index_add(
-        0, owner[rewrite].to(device), per_seq) / batch.n_contexts
-    ess = torch.nonzero(essence).squeeze(1)
-    ess_sorted = ess[torch.argsort(owner[ess])]
-    kl_log_p = _log_probs(model, normed[ess_sorted.to(device), batch.subject_index[seqs][ess_sorted].to(device)])
-    return nll, kl_log_p
-
-
 def _log_probs(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
-    """Log-softmax of the logits of already-normalised hidden states (final soft-capping included)."""
+    """Log-softmax of the logits of final-normed hidden states (final soft-capping included)."""
     logits = unembedding(model)(normed).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
