@@ -149,24 +149,29 @@ def known_facts(model: Any, tokenizer: Any, relations: list[Relation], rng: rand
 
 
 def split_roles(known: list[Fact], relations: list[Relation], rng: random.Random) -> tuple[list[Fact], list[Fact]]:
-    """Edits and controls: every subject used once; no subject that occurs inside another candidate is edited."""
-    all_subjects = {s for r in relations for s, _ in r.facts}
+    """Edits and controls, every subject used at most once.
+
+    Half the subjects (drawn at random) may be edited, so every relation keeps unedited known facts for
+    neighbourhood prompts and controls; relations with the fewest known facts choose their edits first. A
+    subject that occurs inside another candidate subject or a template is never edited.
+    """
+    subjects = sorted({s for r in relations for s, _ in r.facts})
     texts = [t for r in relations for t in (r.template, *r.paraphrases)]
-    embedded = {
-        s for s in all_subjects
-        if any(s != other and mentions(other, s) for other in all_subjects) or any(mentions(t, s) for t in texts)
+    editable = {
+        s for s in subjects
+        if not any(s != other and mentions(other, s) for other in subjects)
+        and not any(mentions(t, s) for t in texts) and rng.random() < 0.5
     }
     by_relation: dict[str, list[Fact]] = defaultdict(list)
     for fact in known:
         by_relation[fact.relation.name].append(fact)
     used: set[str] = set()
     edits: list[Fact] = []
-    for relation in relations:
+    for relation in sorted(relations, key=lambda r: len(by_relation[r.name])):
         facts = by_relation[relation.name][:]
         rng.shuffle(facts)
-        # Keep at least as many known facts unedited as are edited, so neighbours remain available.
         quota = min(MAX_EDITS, len(facts) // 2)
-        chosen = [f for f in facts if f.subject not in used and f.subject not in embedded][:quota]
+        chosen = [f for f in facts if f.subject in editable and f.subject not in used][:quota]
         used.update(f.subject for f in chosen)
         edits += chosen
     controls: list[Fact] = []
@@ -179,7 +184,8 @@ def split_roles(known: list[Fact], relations: list[Relation], rng: random.Random
                 chosen.append(fact)
                 used.add(fact.subject)
         controls += chosen
-    return edits, controls
+    order = {r.name: i for i, r in enumerate(relations)}
+    return sorted(edits, key=lambda f: order[f.relation.name]), controls
 
 
 def neighbor_candidates(edit: Fact, known: list[Fact], edited: set[str], tokenizer: Any,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
+
 from tiny import tiny_model, tiny_tokenizer
 
 SUBJECTS = ["France", "Italy", "Spain", "Germany", "Japan", "China"]

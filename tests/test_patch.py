@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from tiny import tiny_model
 
 from editdecay.editing import PatchMismatchError, WeightPatch
 from editdecay.models import model_fingerprint
+from tiny import tiny_model
 
 
 def _patch(model: torch.nn.Module, scale: float = 1e-3, layers: tuple[int, ...] = (1, 2)) -> WeightPatch:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pipeline_fixtures import write_tiny_experiment
 
 from editdecay.config import ExperimentConfig, GridConfig
 from editdecay.experiments import GROUPS, ArtifactStore, expand_grid, plan_grid, run_experiment
+from pipeline_fixtures import write_tiny_experiment
 
 ALL_STAGES = {"edit", "finetune M", "finetune Med", *(f"evaluate {g}" for g in GROUPS), "activations"}
 
@@ -73,6 +73,10 @@ def test_dry_run_plan_counts_and_cache(tmp_path: Path) -> None:
     assert len(plan.stages["edits"].cached) == 1
 
 
+def _finished_artifacts(store: Path) -> set[Path]:
+    return {marker.parent for marker in store.glob("*/*/DONE") if marker.parent.parent.name != "stats"}
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
     write_tiny_experiment(tmp_path)
@@ -81,19 +85,23 @@ def test_killed_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
                "--store", str(store), "--runs", str(runs)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    # Kill it in the middle of the first fine-tuning, after the edit stage has finished.
-    deadline = time.time() + 240
+    # Kill it in the middle of a fine-tuning stage: its directory exists, its DONE marker does not.
+    deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if list((store / "patches").glob("*/DONE")) and list((store / "finetunes").glob("*/result")):
+        if any(not (d / "DONE").exists() for d in (store / "finetunes").glob("*") if d.is_dir()):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    finished = _finished_artifacts(store)
     assert not list(runs.glob("*/DONE"))
+    assert store / "patches" in {p.parent for p in finished}  # the edit stage had finished
 
     config = ExperimentConfig.model_validate(write_tiny_experiment(tmp_path))
     resumed = run_experiment(config, store, runs)
+    # Nothing finished before the kill runs again, and everything else does, exactly once.
     assert "edit" not in resumed.executed
-    assert "finetune M" in resumed.executed
+    assert len(resumed.executed) == len(ALL_STAGES) - len(finished)
+    assert len(_finished_artifacts(store)) == len(ALL_STAGES)
     assert (resumed.run_dir / "DONE").is_file()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from pipeline_fixtures import write_tiny_experiment
 
 from editdecay.config import GridConfig
 from editdecay.experiments import LocalExecutor, RayExecutor, expand_grid
+from pipeline_fixtures import write_tiny_experiment
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

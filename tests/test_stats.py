@@ -7,12 +7,12 @@ import logging
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
 
 from editdecay.editing import StatisticError, StatsStore, collect_stats, open_corpus
 from editdecay.editing import stats as stats_module
 from editdecay.editing.corpus import SampledCorpus, TextCorpus, sample_sequences
 from editdecay.models import mlp_out, model_fingerprint
+from tiny import tiny_model, tiny_tokenizer
 
 TEXT = [
     "The capital of France is Paris. The capital of Italy is Rome. " * 3,
@@ -97,7 +97,8 @@ def test_store_caches_and_never_serves_another_model(tmp_path, corpus_file, monk
 def test_corpus_formats_and_identity(tmp_path) -> None:
     wiki = tmp_path / "wiki" / "AA"
     wiki.mkdir(parents=True)
-    (wiki / "wiki_00").write_text('<doc id="1" title="A">\nA\n\nAlpha text.\n</doc>\n<doc id="2" title="B">\nB\nBeta.\n</doc>\n')
+    (wiki / "wiki_00").write_text(
+        '<doc id="1" title="A">\nA\n\nAlpha text.\n</doc>\n<doc id="2" title="B">\nB\nBeta.\n</doc>\n')
     (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
     (tmp_path / "plain.txt").write_text("first doc\nstill first\n\nsecond doc\n")
     assert list(open_corpus(str(tmp_path / "wiki")).documents()) == ["A\n\nAlpha text.", "B\nBeta."]

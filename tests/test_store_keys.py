@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
 
 from editdecay.config import ExperimentConfig
 from editdecay.experiments import ArtifactStore, stage_keys
+from tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

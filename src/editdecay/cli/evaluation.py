@@ -44,7 +44,7 @@ def evaluate_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate M (and Med / Mft / Med_ft when --patch / --adapter are given); write tables and a summary."""
-    from editdecay.data import DataFormatError, load_edit_requests
+    from editdecay.data import DataFormatError, load_edit_requests, load_task
     from editdecay.evaluation.groups import evaluate_groups, write_evaluation
     from editdecay.models import ModelLoadError, load_model
 
@@ -59,6 +59,11 @@ def evaluate_command(
     except (DataFormatError, FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--dataset/--control") from err
     try:
+        for task in task_names:
+            load_task(task, data_dir, limit=limit)  # fail on a missing or malformed task before loading models
+    except (DataFormatError, FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--tasks/--data-dir") from err
+    try:
         models, tokenizer, origin = _model_groups(model, patch, adapter, load_model)
     except ModelLoadError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from err
@@ -69,8 +74,9 @@ def evaluate_command(
                                  data_dir=data_dir, task_mode=mode, task_limit=limit,  # type: ignore[arg-type]
                                  num_beams=num_beams, activations=activations,
                                  activation_prompts=activation_prompts, batch_size=batch_size, progress=progress)
-    except (FileNotFoundError, DataFormatError) as err:
-        raise typer.BadParameter(str(err), param_hint="--tasks/--data-dir") from err
+    except (DataFormatError, ValueError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from err
     extra = {"model": model, "model_origin": origin, "patch": str(patch) if patch else None,
              "adapter": str(adapter) if adapter else None, "dataset": dataset, "n": len(requests),
              "control": control, "tasks": task_names, "task_mode": mode, "task_limit": limit,

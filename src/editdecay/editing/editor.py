@@ -123,6 +123,15 @@ class LocateEditor(ABC, Generic[HP]):
         for request in requests:
             check_request(request)
         hp = self.resolved_hparams(model)
+        was_training = model.training
+        model.eval()  # dropout would make statistics, contexts and target values random
+        try:
+            return self._run(model, tokenizer, requests, hp, stats, seed, fingerprint, in_place, state)
+        finally:
+            model.train(was_training)
+
+    def _run(self, model: nn.Module, tokenizer, requests: list[EditRequest], hp: HP, stats: StatsStore, seed: int,
+             fingerprint: str | None, in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
         run = EditRun(hp, fingerprint or model_fingerprint(model))
         started = time.perf_counter()
         run.stats = self._statistics(model, tokenizer, hp, stats, run.fingerprint)
@@ -194,6 +203,14 @@ class LocateEditor(ABC, Generic[HP]):
             run.time("solve", time.perf_counter() - tick)
             record["layers"][layer] = {"update_norm": float(delta.norm()),
                                        "residual_norm_mean": float(residual.norm(dim=0).mean())}
+        tick = time.perf_counter()
+        reached = compute_keys(model, tokenizer, batch, run.contexts, [], z_layer=z_layer).z_current
+        assert reached is not None
+        wanted = (targets.z - targets.z_init).norm(dim=1)
+        missing = (targets.z - reached).norm(dim=1)
+        # How much of the wanted change at L_z the updates carried (1: all of it; ~0: the solve under-edits).
+        record["carried_fraction_mean"] = float((1 - missing / wanted.clamp_min(1e-12)).mean())
+        run.time("keys", time.perf_counter() - tick)
         tick = time.perf_counter()
         state = self._after_batch(model, tokenizer, batch, hp, run, state)
         run.time("after_batch", time.perf_counter() - tick)

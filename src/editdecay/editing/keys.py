@@ -33,6 +33,7 @@ def compute_keys(
     z_layer: int | None = None,
 ) -> KeysAndOutputs:
     """Averaged keys at each layer (and block-L_z outputs) in one forward pass per chunk of prompts.
+    With no layers, only the block-L_z outputs are read (on the bare prompts only).
 
     Keys are grouped like the reference: the bare "{}" context is one group, the sampled prefixes another;
     each group is averaged, then the two group means (ALGORITHMS §1.4).
@@ -42,7 +43,12 @@ def compute_keys(
     key_names = {layer: arch.mlp_out_path(layer) for layer in layers}
     block_name = arch.block_path(z_layer) if z_layer is not None else None
     names = list(key_names.values()) + ([block_name] if block_name else [])
-    last = block(model, z_layer) if z_layer is not None and z_layer >= max(layers) else mlp_out(model, max(layers))
+    if z_layer is not None and (not layers or z_layer >= max(layers)):
+        last = block(model, z_layer)
+    else:
+        last = mlp_out(model, max(layers))
+    if not layers:
+        contexts = contexts[:1]
     prompts = [prompt_tokens(tokenizer, context, request) for request in requests for context in contexts]
     n, c = len(requests), len(contexts)
     keys = {layer: [] for layer in layers}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from editdecay.models.fingerprint import file_sha256
-from editdecay.models.loading import BUILTIN_MODELS, ModelSpec, builtin_gguf_path
+from editdecay.models.loading import ModelSpec, builtin_gguf_path
 
 _LARGE_FILE = 64 << 20
 _EDGE = 1 << 20
@@ -76,7 +76,3 @@ def data_source_key(source: str, kind: str = "edits") -> str:
     if path.is_dir():
         return f"dir:{_directory_digest(path)[:16]}"
     return f"name:{source}"
-
-
-def is_builtin_model(source: str) -> bool:
-    return source in BUILTIN_MODELS

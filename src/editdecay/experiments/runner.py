@@ -21,7 +21,7 @@ from torch import nn
 
 from editdecay import __version__
 from editdecay.config import ExperimentConfig
-from editdecay.data import EditRequest, load_edit_requests
+from editdecay.data import load_edit_requests
 from editdecay.experiments.keys import data_source_key, model_source_key, stable_hash
 from editdecay.experiments.store import ArtifactStore
 from editdecay.models import LoadedModel, ModelSpec, load_model
@@ -153,4 +153,3 @@ def deep_copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-__all__ = ["GROUPS", "EditRequest", "RunResult", "run_experiment", "stage_keys"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,11 +49,3 @@ class ArtifactStore:
     @property
     def stats_root(self) -> Path:
         return self.root / "stats"
-
-    def clear_incomplete(self, kind: str, key: str) -> None:
-        """Remove a partial artifact directory left by an interrupted writer that cannot resume."""
-        path = self.path(kind, key)
-        if path.exists() and not self.is_done(kind, key):
-            for child in sorted(path.rglob("*"), reverse=True):
-                child.rmdir() if child.is_dir() else child.unlink()
-            os.rmdir(path)

@@ -1,0 +1,258 @@
+"""MEMIT: closed form, batched targets, subject indices, model safety, hyperparameter files, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import test_edit_support
+from editdecay.data import EditRequest
+from editdecay.editing import (
+    EditInputError,
+    MemitEditor,
+    MemitHyperParams,
+    SolveError,
+    StatsStore,
+    TargetOptimisationError,
+    WeightPatch,
+    build_editor,
+    memit_delta,
+)
+from editdecay.editing.hparams import preset_for_model
+from editdecay.editing.subject import prompt_tokens, subject_last_index
+from editdecay.editing.targets import TargetSettings, compute_targets
+from editdecay.models import arch_for, mlp_out
+from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
+from tiny import tiny_config, tiny_model, tiny_tokenizer
+
+smollm2_stats = test_edit_support.smollm2_stats  # a session fixture shared with test_alphaedit
+
+
+def test_memit_closed_form_matches_direct_least_squares() -> None:
+    """Delta = R K^T (lam C + K K^T)^-1 minimises ||Delta K - R||^2 + lam ||Delta C^1/2||^2."""
+    g = torch.Generator().manual_seed(0)
+    d, m, n, lam = 7, 12, 5, 3.0
+    R, K = torch.randn(d, n, generator=g), torch.randn(m, n, generator=g)
+    A = torch.randn(m, 3 * m, generator=g)
+    C = (A @ A.T / (3 * m)).double()
+    L = torch.linalg.cholesky(C)
+    # Stack [K, sqrt(lam) L] as columns: Delta [K, sqrt(lam) L] ~ [R, 0] in the least-squares sense.
+    lhs = torch.cat([K.double(), lam**0.5 * L], dim=1)
+    rhs = torch.cat([R.double(), torch.zeros(d, m, dtype=torch.float64)], dim=1)
+    direct = torch.linalg.lstsq(lhs.T, rhs.T).solution.T
+    torch.testing.assert_close(memit_delta(R, K, C, lam), direct, rtol=1e-9, atol=1e-10)
+
+
+def test_memit_solve_errors_name_the_layer() -> None:
+    K = torch.randn(6, 2)
+    with pytest.raises(SolveError, match=r"layer 5.*more tokens.*mom2_update_weight"):
+        memit_delta(torch.randn(3, 2), K, torch.zeros(6, 6), 100.0, layer=5)
+    C = torch.eye(6)
+    C[0, 0] = float("nan")
+    with pytest.raises(SolveError, match="layer 2: C has non-finite"):
+        memit_delta(torch.randn(3, 2), K, C, 1.0, layer=2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_targets_equal_one_at_a_time(arch: str) -> None:
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=arch == "llama")
+    contexts = ["{}", "The weather is nice. {}", "I like guitar. {}"]
+    settings = TargetSettings(z_layer=2, steps=8)
+    batched = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=5, progress=False)
+    single = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=1, progress=False)
+    full = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=5, mode="full",
+                           progress=False)
+    assert batched.modes == ["suffix"] and full.modes == ["full"]
+    assert (batched.z - batched.z_init).norm(dim=1).min() > 0.1  # the targets moved
+    torch.testing.assert_close(batched.z, single.z, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(batched.z, full.z, rtol=1e-9, atol=1e-9)
+    assert batched.steps == single.steps == full.steps
+
+
+def test_batched_and_single_editing_give_the_same_patch(tmp_path) -> None:
+    model, tok = tiny_model("llama", dtype=torch.float64), tiny_tokenizer(add_bos=True)
+    corpus, store = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
+    a = build_editor("memit", fast_hparams(corpus, z_batch_size=4, mom2_dtype="float64"))
+    b = build_editor("memit", fast_hparams(corpus, z_batch_size=1, mom2_dtype="float64"))
+    pa = a.edit(model, tok, capital_requests(4), stats=store)
+    pb = b.edit(model, tok, capital_requests(4), stats=store)
+    assert pa.deltas.keys() == pb.deltas.keys()
+    for name in pa.deltas:
+        torch.testing.assert_close(pa.deltas[name], pb.deltas[name], rtol=1e-7, atol=1e-9)
+
+
+def test_only_edit_layers_change_and_the_callers_model_is_untouched(tmp_path) -> None:
+    model, tok = tiny_model("gpt2"), tiny_tokenizer()  # GPT-2: Conv1D weights are stored transposed
+    before = state_of(model)
+    editor = build_editor("memit", fast_hparams(write_corpus(tmp_path)))
+    store = StatsStore(tmp_path / "stats")
+    patch = editor.edit(model, tok, capital_requests(4), stats=store)
+    assert same_state(before, state_of(model))
+    assert sorted(patch.deltas) == ["transformer.h.1.mlp.c_proj.weight", "transformer.h.2.mlp.c_proj.weight"]
+    assert patch.layers == [1, 2] and patch.request_ids == ["0", "1", "2", "3"]
+    assert all(float(d.norm()) > 0 for d in patch.deltas.values())
+    assert patch.manifest["protocol"]["sequential"] is False
+    assert len(patch.manifest["context_templates"]) == 3
+
+    edited = editor.edit(model, tok, capital_requests(4), stats=store, in_place=True)
+    after = state_of(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set(patch.deltas)
+    assert edited.patch_id == patch.patch_id  # seeded: the same edit twice gives the same patch
+    twin = tiny_model("gpt2")
+    WeightPatch.load(patch.save(tmp_path / "patch")).apply(twin)
+    assert same_state(after, state_of(twin))
+
+
+def test_the_updates_carry_the_wanted_change_at_the_z_layer(tmp_path) -> None:
+    """After the edit, block L_z's output at the subject reaches most of the way to z (small lambda), and
+    a huge lambda carries almost nothing (the solve is dominated by lambda C)."""
+    model, tok = tiny_model("llama", dtype=torch.float64), tiny_tokenizer(add_bos=True)
+    corpus, store = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
+    carried = {}
+    for lam in (1e-3, 1e6):
+        editor = build_editor("memit", fast_hparams(corpus, mom2_update_weight=lam, mom2_dtype="float64"))
+        patch = editor.edit(model, tok, capital_requests(3), stats=store)
+        carried[lam] = patch.manifest["batches"][0]["carried_fraction_mean"]
+    assert carried[1e-3] > 0.9
+    assert carried[1e6] < 0.05
+
+
+def test_an_exception_mid_edit_leaves_the_weights_as_they_were(tmp_path, monkeypatch) -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    before = state_of(model)
+    editor = build_editor("memit", fast_hparams(write_corpus(tmp_path)))
+    calls = []
+    original = MemitEditor._layer_delta
+
+    def failing(self, layer, *args):
+        calls.append(layer)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return original(self, layer, *args)
+
+    monkeypatch.setattr(MemitEditor, "_layer_delta", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        editor.edit(model, tok, capital_requests(2), stats=StatsStore(tmp_path / "stats"), in_place=True)
+    assert calls == [1, 2]
+    assert same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_subject_index_with_and_without_bos(add_bos: bool) -> None:
+    tok = tiny_tokenizer(add_bos=add_bos)
+    request = EditRequest("x", "Michael Jordan", "Who is {}? He plays", "piano", "basketball")
+    for context in ("{}", "I like guitar. {}"):
+        tokens = prompt_tokens(tok, context, request)
+        text = context.format(request.prompt)
+        assert tokens.ids == tok(text).input_ids
+        upto = tok(text[: text.index("Jordan") + len("Jordan")]).input_ids
+        assert tokens.subject_index == len(upto) - 1
+        assert tok.decode(tokens.ids[tokens.subject_index]).strip().endswith("an")
+        assert (tokens.ids[0] == tok.bos_token_id) == add_bos
+    # A subject that ends inside a token: the index is the token holding its last character.
+    ids, index = subject_last_index(tok, "The capital of ", "Par", "is")
+    assert tok.decode(ids[index]) == " Paris" and index == 3 + add_bos
+
+
+def test_targets_do_not_depend_on_the_tokenizers_padding_side() -> None:
+    model = tiny_model("llama", dtype=torch.float64)
+    settings = TargetSettings(z_layer=2, steps=4)
+    out = [compute_targets(model, tiny_tokenizer(add_bos=True, padding_side=side), capital_requests(3),
+                           ["{}", "The weather is nice. {}"], settings, progress=False).z for side in ("left", "right")]
+    assert torch.equal(out[0], out[1])
+
+
+def test_bad_input_gets_clear_errors(tmp_path) -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    store = StatsStore(tmp_path / "stats")
+    hp = fast_hparams(write_corpus(tmp_path))
+    good = capital_requests(1)[0]
+    with pytest.raises(ValueError, match=r"Layers \[7\] are outside the model"):
+        build_editor("memit", {**hp, "layers": [1, 7]}).edit(model, tok, [good], stats=store)
+    no_subject = EditRequest("bad", "France", "The capital is", "Rome", "Paris")
+    with pytest.raises(EditInputError, match=r"'bad'.*does not occur"):
+        build_editor("memit", hp).edit(model, tok, [no_subject], stats=store)
+    blank = EditRequest("blank", "France", "The capital of {} is", "  ", "Paris")
+    with pytest.raises(EditInputError, match=r"'blank'.*target_new is empty"):
+        build_editor("memit", hp).edit(model, tok, [blank], stats=store)
+    with pytest.raises(EditInputError, match="No edit requests"):
+        build_editor("memit", hp).edit(model, tok, [], stats=store)
+    with pytest.raises(ValueError, match="Unknown editor 'rome'"):
+        build_editor("rome")
+    with pytest.raises(ValueError, match="v_lr must be > 0"):
+        build_editor("memit", {"v_lr": 0})
+    with pytest.raises(ValueError, match="v_loss_layer=2"):
+        build_editor("memit", {**hp, "v_loss_layer": 2}).edit(model, tok, [good], stats=store)
+    before = state_of(model)
+    with torch.no_grad():
+        model.get_parameter("model.layers.3.mlp.up_proj.weight").fill_(float("nan"))
+    broken = state_of(model)
+    with pytest.raises(TargetOptimisationError, match=r"NaN.*\['0'\]"):
+        build_editor("memit", hp).edit(model, tok, [good], stats=store)
+    assert same_state(broken, state_of(model)) and not same_state(before, broken)
+
+
+def test_hparams_files_load_with_unknown_keys_recorded(tmp_path, caplog) -> None:
+    memit_json = {"layers": [3, 4, 5, 6, 7, 8], "layer_selection": "all", "fact_token": "subject_last",
+                  "v_num_grad_steps": 25, "v_lr": 5e-1, "v_loss_layer": 27, "v_weight_decay": 0.5,
+                  "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_adjustment": True,
+                  "mom2_update_weight": 15000, "rewrite_module_tmp": "transformer.h.{}.mlp.fc_out",
+                  "mom2_dataset": "wikipedia", "mom2_n_samples": 100000, "mom2_dtype": "float32", "extra_knob": 1}
+    path = tmp_path / "gpt-j.json"
+    path.write_text(json.dumps(memit_json))
+    with caplog.at_level(logging.WARNING, logger="editdecay.editing.hparams"):
+        hp = MemitHyperParams.from_file(path)
+    assert hp.layers == [3, 4, 5, 6, 7, 8] and hp.clamp_norm_factor == 0.75 and hp.v_loss_layer == 27
+    assert hp.ignored == {"rewrite_module_tmp": "transformer.h.{}.mlp.fc_out", "extra_knob": 1}
+    assert "extra_knob" in caplog.text
+    yaml_path = tmp_path / "alphaedit.yaml"
+    yaml_path.write_text("alg_name: AlphaEdit\nmodel_name: x\nlayers: [1, 2]\nnullspace_threshold: 2e-2\nL2: 10\n"
+                         "v_lr: 1e-1\n")
+    editor = build_editor("alphaedit", yaml_path)
+    model = tiny_model("llama")
+    resolved = editor.resolved_hparams(model)
+    assert resolved.layers == [1, 2] and resolved.L2 == 10 and resolved.v_lr == 0.1 and resolved.batch_size == 100
+    assert set(resolved.ignored) == {"alg_name", "model_name"}
+
+
+def test_presets_are_recognised_from_the_model_shape() -> None:
+    def meta(**config) -> torch.nn.Module:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, **config))
+
+    smol = meta(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                num_key_value_heads=3)
+    assert preset_for_model(smol) == "smollm2-135m"
+    assert build_editor("memit").resolved_hparams(smol).mom2_update_weight == 1500
+    llama3 = meta(num_hidden_layers=32, hidden_size=4096, vocab_size=128256, num_attention_heads=32)
+    assert preset_for_model(llama3) == "llama-3-8b"
+    hp = build_editor("memit").resolved_hparams(llama3)
+    assert (hp.layers, hp.v_lr, hp.mom2_update_weight) == ([4, 5, 6, 7, 8], 0.1, 15000)
+    with pytest.raises(ValueError, match="outside the model"):
+        build_editor("memit", preset="gpt2-xl").resolved_hparams(tiny_model("gpt2"))
+    fallback = build_editor("memit").resolved_hparams(tiny_model("llama"))
+    assert fallback.mom2_update_weight == tiny_config("llama").intermediate_size
+    assert fallback.layers == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="Unknown preset"):
+        build_editor("memit", preset="gpt5")
+
+
+def test_edit_layers_are_where_the_patch_is(tmp_path) -> None:
+    model, tok = tiny_model("gpt_neox"), tiny_tokenizer()
+    patch = build_editor("memit", fast_hparams(write_corpus(tmp_path), layers=[0, 3])).edit(
+        model, tok, capital_requests(2), stats=StatsStore(tmp_path / "stats"))
+    arch = arch_for(model)
+    assert sorted(patch.deltas) == [arch.mlp_out_weight_name(0), arch.mlp_out_weight_name(3)]
+    assert patch.deltas[arch.mlp_out_weight_name(0)].shape == mlp_out(model, 0).weight.shape
+
+
+@pytest.mark.slow
+def test_memit_on_smollm2_edits_at_least_9_of_10(smollm2, smollm2_stats) -> None:
+    store, overrides = smollm2_stats
+    assert edit_success(smollm2, build_editor("memit", overrides), store) >= 9
