@@ -2,7 +2,7 @@
 
 Every candidate in scripts/builtin_candidates.yaml is scored with a real model (SmolLM2-135M by default): the
 mean per-token NLL of " " + object after the filled prompt, teacher forced. A fact counts as known when the
-true object beats every one of K distractors (other objects of the same relation) on the edit prompt; its
+true object beats each of N_DISTRACTORS distractors (other objects of the same relation) on the edit prompt; its
 target_new is then one of those distractors that the model rejects by a clear margin. Known facts are split
 into edit requests and never-edited controls (disjoint subjects), and each edit gets neighbourhood prompts:
 other unedited subjects of the same relation, those sharing the true object first (CounterFact convention),
@@ -141,7 +141,7 @@ def known_facts(model: Any, tokenizer: Any, relations: list[Relation], rng: rand
         true_nll, wrong = nll[k], dict(zip(distractors, nll[k + 1 : k + 1 + len(distractors)], strict=True))
         k += 1 + len(distractors)
         clear = [d for d in distractors if wrong[d] - true_nll >= NEW_MARGIN]
-        if min(wrong.values()) > true_nll and clear:
+        if clear and min(wrong.values()) > true_nll:
             fact.new = rng.choice(clear)
             fact.margin = wrong[fact.new] - true_nll
             known.append(fact)
@@ -195,7 +195,7 @@ def neighbor_candidates(edit: Fact, known: list[Fact], edited: set[str], tokeniz
     new_head = first_token(tokenizer, edit.new)
     pool = [
         f for f in known
-        if f.relation == relation and f.subject != edit.subject and f.true != edit.new
+        if f.relation.name == relation.name and f.subject != edit.subject and f.true != edit.new
         and first_token(tokenizer, f.true) != new_head and f.subject not in edited
     ]
     rng.shuffle(pool)
@@ -221,12 +221,13 @@ def score_details(model: Any, tokenizer: Any, edits: list[Fact], controls: list[
     for edit in edits:
         for prompt, answer in candidates[id(edit)]:
             pairs += [(prompt, answer), (prompt, edit.new)]
-    nll = iter(mean_nll(model, tokenizer, pairs, "paraphrases and neighbours"))
+    nll = mean_nll(model, tokenizer, pairs, "paraphrases and neighbours")
+    margins = iter([new - right for right, new in zip(nll[::2], nll[1::2], strict=True)])
     for fact in edits + controls:
-        fact.paraphrase_margins = [-next(nll) + next(nll) for _ in fact.relation.paraphrases]
+        fact.paraphrase_margins = [next(margins) for _ in fact.relation.paraphrases]
     for edit in edits:
         for prompt, answer in candidates[id(edit)]:
-            if -next(nll) + next(nll) > 0 and len(edit.neighbors) < NEIGHBORS:
+            if next(margins) > 0 and len(edit.neighbors) < NEIGHBORS:
                 edit.neighbors.append({"prompt": prompt, "answer": answer})
 
 
@@ -279,10 +280,12 @@ def main() -> None:
     edit_counts = Counter(f.relation.name for f in keep)
     control_counts = Counter(f.relation.name for f in kept_controls)
     for relation in relations:
-        print(f"  {relation.name:22s} known {sum(f.relation == relation for f in known):3d}  "
+        print(f"  {relation.name:22s} known {sum(f.relation.name == relation.name for f in known):3d}  "
               f"edits {edit_counts[relation.name]:3d}  controls {control_counts[relation.name]:3d}")
     para = [m > 0 for f in keep + kept_controls for m in f.paraphrase_margins]
     print(f"paraphrase preference for target_true: {sum(para) / len(para):.3f}")
+    margins = sorted(f.margin for f in keep + kept_controls)
+    print(f"edit-prompt margin nll(new) - nll(true): min {margins[0]:.2f}, median {margins[len(margins) // 2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def test_target_nll_matches_one_sequence_per_target() -> None:
         expected.append(row)
     assert any(len(tokenizer(" " + t, add_special_tokens=False).input_ids) == 1 for _, ts in items for t in ts)
     got = _target_nll(model, tokenizer, items, batch_size=3)
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert len(got) == len(expected)
+    for got_row, expected_row in zip(got, expected, strict=True):
+        assert got_row == pytest.approx(expected_row, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,16 @@ def real_requests(shared: Path | None, n: int) -> list[EditRequest]:
     if shared is not None and (shared / "counterfact" / "counterfact-edit.json").is_file():
         return load_edit_requests(shared / "counterfact" / "counterfact-edit.json", n)
     return capital_requests(n)
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models gain nothing from more, and on a shared CPU thread hand-offs make
+    their many small ops tens of times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

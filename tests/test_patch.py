@@ -9,6 +9,7 @@ import torch
 
 from editdecay.editing import PatchMismatchError, WeightPatch
 from editdecay.models import model_fingerprint
+from test_edit_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_model
 
 

@@ -12,6 +12,7 @@ from editdecay.editing import StatisticError, StatsStore, collect_stats, open_co
 from editdecay.editing import stats as stats_module
 from editdecay.editing.corpus import SampledCorpus, TextCorpus, sample_sequences
 from editdecay.models import mlp_out, model_fingerprint
+from test_edit_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_model, tiny_tokenizer
 
 TEXT = [

@@ -27,11 +27,18 @@ def sample_context_templates(
             word = SEED_WORDS[index % len(SEED_WORDS)]
             inputs = tokenizer(word, return_tensors="pt").to(device)
             new_tokens = max(1, length - int(inputs["input_ids"].shape[1]))
-            output = model.generate(
-                **inputs, do_sample=True, top_k=5, top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
+            try:
+                output = model.generate(
+                    **inputs, do_sample=True, top_k=5, top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                    else tokenizer.eos_token_id,
+                )
+            except RuntimeError as err:
+                if "probability tensor" not in str(err):
+                    raise
+                raise ValueError("The model produces NaN/inf logits (while sampling context templates); check "
+                                 "its weights and dtype (use float32).") from err
             text = tokenizer.decode(output[0], skip_special_tokens=True)
             # Braces would be read as format fields; newlines would split the context from the prompt.
             text = text.replace("{", " ").replace("}", " ").replace("\n", " ").strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,7 +78,7 @@ class MemitHyperParams:
                 log.info("%s: ignoring %s (modules come from the model's ArchSpec)", source, ", ".join(harness))
             if other:
                 log.warning("%s: unknown keys %s ignored (known keys: %s)", source, other, sorted(known))
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: _coerce(cls, k, v, source) for k, v in data.items() if k in known}
         if "layers" in values:
             values["layers"] = _int_list(values["layers"], source)
         hp = cls(**values, ignored={**data.get("ignored", {}), **unknown})
@@ -168,6 +169,22 @@ def read_hparams_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
     return data
+
+
+def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """Numbers written as strings (PyYAML reads `5e-1` as a string) become numbers of the field's type."""
+    hint = str(typing.get_type_hints(cls)[name])
+    is_float, is_int = "float" in hint, "int" in hint and "list" not in hint
+    if value is None or isinstance(value, bool) or not (is_float or is_int):
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{source}: {name!r} must be a number, got {value!r}") from None
+    if is_float:
+        return float(value) if isinstance(value, int) else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _int_list(value: Any, source: str) -> list[int]:

@@ -67,9 +67,10 @@ def finetune(
     tokenized = [tokenize_example(tokenizer, ex, spec.cutoff_len, spec.train_on_inputs) for ex in train_examples]
     no_targets = sum(ex.n_targets == 0 for ex in tokenized)
     if no_targets == len(tokenized):
-        raise ValueError(f"No example has a response token within cutoff_len={spec.cutoff_len}; raise --cutoff-len.")
+        raise ValueError(f"No example keeps a token to train on within cutoff_len={spec.cutoff_len} (without "
+                         "train_on_inputs only response tokens count); raise cutoff_len.")
     if no_targets and progress:
-        tqdm.write(f"Warning: {no_targets} of {len(tokenized)} examples have no response token within "
+        tqdm.write(f"Warning: {no_targets} of {len(tokenized)} examples keep no response token within "
                    f"cutoff_len={spec.cutoff_len} and teach nothing.")
 
     method = FINETUNE_METHODS[spec.method]
