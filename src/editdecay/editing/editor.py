@@ -94,7 +94,7 @@ class LocateEditor(ABC, Generic[HP]):
         else:
             base = fallback_hparams(model)
             log.warning("No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
-                        "Tune them for this model (see docs/editing_presets.md).", self.name, base["layers"],
+                        "Tune them for this model (bench/edit_speed.py shows how).", self.name, base["layers"],
                         base["mom2_update_weight"])
         hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source)
         return hp.for_model(model)  # type: ignore[return-value]

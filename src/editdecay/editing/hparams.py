@@ -224,8 +224,8 @@ _MEASURED: dict[str, dict[str, Any]] = {
 PRESETS: dict[str, dict[str, Any]] = {**_PUBLISHED, **_MEASURED}
 PRESET_NOTES: dict[str, str] = {
     **{name: "published (MEMIT / AlphaEdit papers)" for name in _PUBLISHED},
-    "smollm2-135m": "measured: see docs/editing_presets.md",
-    "gemma3-270m": "measured: see docs/editing_presets.md",
+    "smollm2-135m": "measured on this project's CPU: see PRESET_NOTES / bench/edit_speed.py",
+    "gemma3-270m": "measured on this project's CPU: see PRESET_NOTES / bench/edit_speed.py",
 }
 # AlphaEdit adds these to every preset (published: threshold 2e-2, L2 10, sequential batches of 100).
 ALPHAEDIT_EXTRA: dict[str, dict[str, Any]] = {name: {"nullspace_threshold": 2e-2, "L2": 10.0} for name in PRESETS}

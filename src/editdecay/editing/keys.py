@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from editdecay.data import EditRequest
-from editdecay.editing.subject import pad_id, pad_right, prompt_tokens
+from editdecay.editing.subject import prompt_tokens
 from editdecay.models import arch_for, block, mlp_out
 from editdecay.models.hooks import record, run_until
 
@@ -42,36 +42,45 @@ def compute_keys(
     device = next(model.parameters()).device
     key_names = {layer: arch.mlp_out_path(layer) for layer in layers}
     block_name = arch.block_path(z_layer) if z_layer is not None else None
-    names = list(key_names.values()) + ([block_name] if block_name else [])
     if z_layer is not None and (not layers or z_layer >= max(layers)):
         last = block(model, z_layer)
     else:
         last = mlp_out(model, max(layers))
     if not layers:
         contexts = contexts[:1]
+    # Keys and outputs are read at the subject's last token: later tokens cannot affect them (causal), so
+    # each prompt is cut there, and prompts of equal length run together (no padding).
     prompts = [prompt_tokens(tokenizer, context, request) for request in requests for context in contexts]
+    sequences = [p.ids[: p.subject_index + 1] for p in prompts]
     n, c = len(requests), len(contexts)
-    keys = {layer: [] for layer in layers}
-    outputs: list[torch.Tensor] = []
-    pad = pad_id(tokenizer)
+    keys: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(sequences) for layer in layers}
+    outputs: list[torch.Tensor | None] = [None] * len(sequences)
+    by_length: dict[int, list[int]] = {}
+    for index, seq in enumerate(sequences):
+        by_length.setdefault(len(seq), []).append(index)
     with torch.no_grad():
-        for first in range(0, len(prompts), SEQUENCES_PER_FORWARD):
-            part = prompts[first: first + SEQUENCES_PER_FORWARD]
-            input_ids, mask = pad_right([p.ids for p in part], pad)
-            index = torch.tensor([p.subject_index for p in part], device=device)
-            rows = torch.arange(len(part), device=device)
-            with record(model, [n for n in names if n != block_name], "input") as inputs, \
-                    record(model, [block_name] if block_name else [], "output") as outs:
-                run_until(model, last, input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                          use_cache=False)
-            for layer, name in key_names.items():
-                keys[layer].append(inputs[name][rows, index].float().cpu())
-            if block_name:
-                outputs.append(outs[block_name][rows, index].float().cpu())
+        for length, members in sorted(by_length.items()):
+            for first in range(0, len(members), SEQUENCES_PER_FORWARD):
+                part = members[first: first + SEQUENCES_PER_FORWARD]
+                input_ids = torch.tensor([sequences[i] for i in part], dtype=torch.long, device=device)
+                with record(model, list(key_names.values()), "input") as inputs, \
+                        record(model, [block_name] if block_name else [], "output") as outs:
+                    run_until(model, last, input_ids=input_ids, use_cache=False)
+                for layer, name in key_names.items():
+                    for row, i in enumerate(part):
+                        keys[layer][i] = _upcast(inputs[name][row, length - 1])
+                if block_name:
+                    for row, i in enumerate(part):
+                        outputs[i] = _upcast(outs[block_name][row, length - 1])
     averaged = {}
     for layer in layers:
-        per_prompt = torch.cat(keys[layer]).view(n, c, -1)
+        per_prompt = torch.stack(keys[layer]).view(n, c, -1)  # type: ignore[arg-type]
         bare = per_prompt[:, 0]
         averaged[layer] = 0.5 * bare + 0.5 * per_prompt[:, 1:].mean(dim=1) if c > 1 else bare
-    z_current = torch.cat(outputs).view(n, c, -1)[:, 0] if block_name else None
+    z_current = torch.stack(outputs).view(n, c, -1)[:, 0] if block_name else None  # type: ignore[arg-type]
     return KeysAndOutputs(averaged, z_current)
+
+
+def _upcast(vector: torch.Tensor) -> torch.Tensor:
+    """float32 (float64 for float64 models), on the CPU."""
+    return vector.to("cpu", torch.promote_types(vector.dtype, torch.float32))

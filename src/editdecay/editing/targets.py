@@ -66,7 +66,7 @@ class TargetSettings:
 
 @dataclass
 class TargetResult:
-    """z (n, d) and z_init (n, d) in float32, with per-request diagnostics."""
+    """z (n, d) and z_init (n, d) (float32, float64 for float64 models), with per-request diagnostics."""
 
     z: torch.Tensor
     z_init: torch.Tensor
@@ -172,13 +172,16 @@ def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]
 
 
 def _choose_mode(model: nn.Module, batch: _Batch, mode: Mode) -> str:
-    if mode != "auto":
-        return mode
     window = getattr(model.config, "sliding_window", None)
     layer_types = getattr(model.config, "layer_types", None) or []
     sliding = window is not None and (not layer_types or "sliding_attention" in layer_types)
     # Past + new tokens never exceed twice the longest sequence.
-    return "full" if sliding and 2 * batch.input_ids.shape[1] >= window else "suffix"
+    too_long = sliding and 2 * batch.input_ids.shape[1] >= window
+    if mode == "suffix" and too_long:
+        raise ValueError(f"Suffix mode needs prompts shorter than half the sliding window ({window}); use 'full'.")
+    if mode != "auto":
+        return mode
+    return "full" if too_long else "suffix"
 
 
 def _optimise(
@@ -188,7 +191,8 @@ def _optimise(
     n = batch.n_requests
     prepared = _prepare(model, batch, settings.z_layer, suffix=mode == "suffix")
     bare_rows = torch.nonzero(~batch.is_essence).squeeze(1).view(n, batch.n_contexts)[:, 0]
-    z_init = prepared.hidden[bare_rows.to(device), batch.subject_index[bare_rows].to(device)].float()
+    z_init = prepared.hidden[bare_rows.to(device), batch.subject_index[bare_rows].to(device)]
+    z_init = z_init.to(torch.promote_types(z_init.dtype, torch.float32))  # δ and Adam in float32 or better
     max_norm = settings.clamp_norm_factor * z_init.norm(dim=1)
     delta = torch.zeros_like(z_init)
     adam_m, adam_v = torch.zeros_like(delta), torch.zeros_like(delta)
@@ -249,25 +253,39 @@ def _clamp_rows(delta: torch.Tensor, rows: torch.Tensor, max_norm: torch.Tensor)
 
 
 def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> _Prepared:
+    """One no-grad pass over every sequence (in groups of equal length, so nothing is spent on padding)."""
     device = next(model.parameters()).device
     z_block = block(model, z_layer)
     raw: dict[str, object] = {}
     handle = z_block.register_forward_hook(lambda _m, _a, output: raw.update(out=output))
-    mask = (torch.arange(batch.input_ids.shape[1])[None] < batch.lengths[:, None]).long()
-    inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": mask.to(device)}
+    size, length = batch.input_ids.shape
+    hidden: torch.Tensor | None = None
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     try:
         with torch.no_grad():
-            if suffix:
-                cache = DynamicCache(config=model.config)
-                run_until(model, final_norm(model), **inputs, past_key_values=cache, use_cache=True)
-                past = [(k, v) for k, v, *_ in cache]
-            else:
-                run_until(model, z_block, **inputs, use_cache=False)
-                past = None
+            for value in torch.unique(batch.lengths).tolist():
+                group = torch.nonzero(batch.lengths == value).squeeze(1)
+                input_ids = batch.input_ids[group, :value].to(device)
+                if suffix:
+                    cache = DynamicCache(config=model.config)
+                    run_until(model, final_norm(model), input_ids=input_ids, past_key_values=cache, use_cache=True)
+                    layers = [(k, v) for k, v, *_ in cache]
+                    if past is None:
+                        past = [(k.new_zeros(size, k.shape[1], length, k.shape[3]),
+                                 v.new_zeros(size, v.shape[1], length, v.shape[3])) for k, v in layers]
+                    for (k_all, v_all), (k, v) in zip(past, layers, strict=True):
+                        k_all[group.to(k.device), :, :value] = k
+                        v_all[group.to(v.device), :, :value] = v
+                else:
+                    run_until(model, z_block, input_ids=input_ids, use_cache=False)
+                out = hidden_of(raw["out"])  # type: ignore[arg-type]
+                if hidden is None:
+                    hidden = out.new_zeros(size, length, out.shape[-1])
+                hidden[group.to(device), :value] = out
     finally:
         handle.remove()
-    output = raw["out"]
-    return _Prepared(hidden_of(output).detach(), output, past)  # type: ignore[arg-type]
+    assert hidden is not None
+    return _Prepared(hidden, raw["out"], past)
 
 
 def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Tensor, delta: torch.Tensor,
@@ -279,32 +297,21 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     seqs = torch.nonzero(local[batch.owner] >= 0).squeeze(1)
     owner = local[batch.owner[seqs]]
     subject = batch.subject_index[seqs]
-    # Each step computes absolute positions [start, length) of every active sequence.
+    # Each step computes absolute positions [start, length) of every active sequence. Sequences are run in
+    # groups of equal token count, so no compute is spent on padding.
     start = subject if mode == "suffix" else torch.zeros_like(subject)
     count = batch.lengths[seqs] - start
     width = int(count.max())
-    columns = torch.arange(width)
-    valid = columns[None] < count[:, None]
-    absolute = torch.where(valid, start[:, None] + columns[None], start[:, None])
-    row_index = seqs[:, None].expand_as(absolute)
-    input_ids = torch.where(valid, batch.input_ids[row_index, absolute], batch.pad)
-    hidden = prepared.hidden[row_index.to(device), absolute.to(device)]
-    # δ goes to the subject position (step index subject - start: 0 in suffix mode).
-    add = torch.zeros(hidden.shape, dtype=delta.dtype, device=device).index_put(
-        (torch.arange(seqs.numel(), device=device), (subject - start).to(device)), delta[owner.to(device)])
-    hidden = hidden + add.to(hidden.dtype)
-
-    past_len = int(start.max()) if prepared.past is not None else 0
-    mask = torch.cat([torch.arange(past_len)[None] < start[:, None], valid], dim=1).long()
-    kwargs: dict[str, object] = {"use_cache": False}
-    if past_len:
-        data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
-        kwargs = {"past_key_values": DynamicCache(ddp_cache_data=data, config=model.config), "use_cache": True}
-    norm_path = arch_for(model).final_norm_path
-    with _replay(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
-        run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                  position_ids=absolute.to(device), **kwargs)
-    normed = out[norm_path]
+    normed: torch.Tensor | None = None
+    for value in torch.unique(count).tolist():
+        group = torch.nonzero(count == value).squeeze(1)
+        out = _run_upper(model, batch, prepared, seqs[group], start[group], int(value),
+                         delta[owner[group].to(device)], (subject - start)[group], z_layer)
+        if normed is None:
+            normed = out.new_zeros(seqs.numel(), width, out.shape[-1])
+        cells = (group[:, None].expand(-1, value).to(device), torch.arange(value, device=device).expand(len(group), -1))
+        normed = normed.index_put(cells, out)
+    assert normed is not None
 
     # Rewriting NLL: mean over each sequence's target tokens, then over each request's contexts.
     seq_slot = torch.full((batch.input_ids.shape[0],), -1, dtype=torch.long)
@@ -326,6 +333,31 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     essence = essence[torch.argsort(owner[essence])]
     kl_log_p = _log_probs(model, normed[essence.to(device), (subject - start)[essence].to(device)])
     return nll, kl_log_p
+
+
+def _run_upper(model: nn.Module, batch: _Batch, prepared: _Prepared, seqs: torch.Tensor, start: torch.Tensor,
+               count: int, delta: torch.Tensor, delta_column: torch.Tensor, z_layer: int) -> torch.Tensor:
+    """Final-normed hidden states (len(seqs), count, d) of positions start..start+count-1 of each sequence,
+    computing only blocks L_z+1.. (with δ added to block L_z's output) on top of the cached pass."""
+    device = delta.device
+    absolute = start[:, None] + torch.arange(count)[None]
+    input_ids = batch.input_ids[seqs[:, None], absolute]
+    hidden = prepared.hidden[seqs[:, None].to(device), absolute.to(device)]
+    add = torch.zeros(hidden.shape, dtype=delta.dtype, device=device).index_put(
+        (torch.arange(seqs.numel(), device=device), delta_column.to(device)), delta)
+    hidden = hidden + add.to(hidden.dtype)
+    past_len = int(start.max()) if prepared.past is not None else 0
+    mask = torch.cat([torch.arange(past_len)[None] < start[:, None], torch.ones(len(seqs), count, dtype=torch.bool)],
+                     dim=1).long()
+    kwargs: dict[str, object] = {"use_cache": False}
+    if past_len:
+        data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
+        kwargs = {"past_key_values": DynamicCache(ddp_cache_data=data, config=model.config), "use_cache": True}
+    norm_path = arch_for(model).final_norm_path
+    with _replay(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
+        run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                  position_ids=absolute.to(device), **kwargs)
+    return out[norm_path]
 
 
 @contextmanager

@@ -1,0 +1,198 @@
+"""`editdecay stats` and `editdecay edit`: second-moment statistics and knowledge edits (MEMIT, AlphaEdit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from editdecay.cli.app import app
+
+_EDITORS = ("memit", "alphaedit")
+
+
+def _layers(text: str | None) -> list[int] | None:
+    """Block indices such as `4,5,6` or `4-8`."""
+    if not text:
+        return None
+    blocks: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            blocks += list(range(int(first), int(last) + 1)) if last else [int(first)]
+    except ValueError:
+        blocks = []
+    if not blocks:
+        raise typer.BadParameter(f"{text!r}: use block indices like 4,5,6 or 4-8", param_hint="--layers")
+    return blocks
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are parsed as JSON when they can be (numbers, lists, true/false, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: expected key=value, e.g. mom2_update_weight=1500", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _load(model: str, threads: int | None):
+    import torch
+
+    from editdecay.models import ModelLoadError, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return load_model(model)
+    except ModelLoadError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from err
+
+
+def _stats_root(stats_dir: Path | None) -> Path:
+    from editdecay.models import default_cache_dir
+
+    return stats_dir or default_cache_dir() / "stats"
+
+
+@app.command("stats")
+def stats_command(
+    model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
+    layers: str = typer.Option(None, "--layers", help="Block indices (4,5,6 or 4-8); default: the edit layers."),
+    corpus: str = typer.Option("model-sampled", "--corpus",
+                               help="model-sampled, a text/JSONL/WikiExtractor file or directory, or hf:NAME."),
+    tokens: int = typer.Option(20_000, "--tokens", min=1, help="Sample size in tokens."),
+    dtype: str = typer.Option("float32", "--dtype", help="Accumulation dtype: float32 or float64."),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens kept per document."),
+    stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
+) -> None:
+    """Collect (or load from the cache) E[k k^T] for every requested layer in one pass over the corpus."""
+    import torch
+
+    from editdecay.editing import StatisticError, StatsStore
+    from editdecay.models import default_edit_layers
+
+    loaded = _load(model, threads)
+    chosen = _layers(layers) or list(default_edit_layers(loaded.model))
+    store = StatsStore(_stats_root(stats_dir))
+    try:
+        found = store.get_layer_stats(loaded.model, loaded.tokenizer, chosen, corpus=corpus, n_tokens=tokens,
+                                      dtype=dtype, fingerprint=loaded.fingerprint, max_length=max_length)
+    except (ValueError, FileNotFoundError, StatisticError, RuntimeError) as err:
+        raise typer.BadParameter(str(err)) from err
+    for layer, stats in sorted(found.items()):
+        values = torch.linalg.eigvalsh(stats.moment.double())
+        typer.echo(f"layer {layer:3d}: {stats.n_tokens} tokens, {stats.n_documents} documents, "
+                   f"{stats.seconds:.1f} s; eigenvalues min {values[0]:.3g} max {values[-1]:.3g}; "
+                   f"{store.path(stats.key)}")
+
+
+@app.command("edit")
+def edit_command(
+    out: Path = typer.Option(..., "--out", help="Output directory: patch/ (WeightPatch) and summary.json."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
+    editor: str = typer.Option("memit", "--editor", help="memit or alphaedit."),
+    dataset: str = typer.Option("builtin", "--dataset",
+                                help="builtin, or a CounterFact (ROME/EasyEdit) / zsRE / built-in JSON(L) file."),
+    n: int = typer.Option(None, "--n", min=1, help="Number of edit requests (default: all)."),
+    sample_seed: int = typer.Option(None, "--sample-seed", help="Take a seeded random sample of n (default: first n)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the context templates."),
+    hparams: Path = typer.Option(None, "--hparams", help="MEMIT JSON / EasyEdit YAML hyperparameter file."),
+    preset: str = typer.Option(None, "--preset", help="Preset name (default: recognised from the model)."),
+    settings: list[str] = typer.Option([], "--set", help="Override a hyperparameter: key=value (repeatable)."),
+    layers: str = typer.Option(None, "--layers", help="Edit layers (4,5,6 or 4-8)."),
+    corpus: str = typer.Option(None, "--corpus", help="Statistics corpus (hparam mom2_dataset)."),
+    tokens: int = typer.Option(None, "--tokens", min=1, help="Statistics sample size (hparam mom2_n_tokens)."),
+    stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
+    evaluate: bool = typer.Option(False, "--evaluate/--no-evaluate",
+                                  help="Score ES/PS/NS before and after the edit and add them to the summary."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
+) -> None:
+    """Edit requests into a model; write the WeightPatch and a summary (update norms, time split)."""
+    from editdecay.data import DataFormatError, load_edit_requests
+    from editdecay.editing import (
+        EditInputError,
+        SolveError,
+        StatisticError,
+        StatsStore,
+        TargetOptimisationError,
+        build_editor,
+    )
+    from editdecay.editing.hparams import read_hparams_file
+    from editdecay.storage import atomic_write_json
+
+    if editor not in _EDITORS:
+        raise typer.BadParameter(f"{editor!r}: choose one of {', '.join(_EDITORS)}", param_hint="--editor")
+    try:
+        requests = load_edit_requests(dataset, n, seed=sample_seed)
+    except (DataFormatError, FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--dataset/--n") from err
+    overrides: dict[str, Any] = {}
+    try:
+        if hparams:
+            overrides.update(read_hparams_file(hparams))
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--hparams") from err
+    overrides.update(_settings(settings))
+    for key, value in (("layers", _layers(layers)), ("mom2_dataset", corpus), ("mom2_n_tokens", tokens)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        chosen = build_editor(editor, overrides or None, preset=preset)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    loaded = _load(model, threads)
+    summary: dict[str, Any] = {"model": model, "editor": editor, "dataset": dataset, "n_requests": len(requests)}
+    if evaluate:
+        summary["before"] = _scores(loaded, requests)
+    try:
+        patch = chosen.edit(loaded.model, loaded.tokenizer, requests, stats=StatsStore(_stats_root(stats_dir)),
+                            seed=seed, fingerprint=loaded.fingerprint)
+    except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError,
+            FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from err
+    patch.save(out / "patch")
+    manifest = patch.manifest
+    summary.update({
+        "patch_id": patch.patch_id, "layers": patch.layers, "update_norms": manifest["update_norms"],
+        "timings": manifest["timings"], "statistics": manifest["statistics"], "batches": manifest["batches"],
+        "hparams": manifest["hparams"], **({"nullspace": manifest["nullspace"]} if "nullspace" in manifest else {}),
+    })
+    if evaluate:
+        patch.apply(loaded.model, fingerprint=loaded.fingerprint)
+        summary["after"] = _scores(loaded, requests)
+    atomic_write_json(out / "summary.json", summary)
+    _report(summary, out)
+
+
+def _scores(loaded, requests) -> dict[str, float | None]:
+    from editdecay.evaluation import edit_metrics, score_edits, summarize_edit_metrics
+
+    per_edit = edit_metrics(score_edits(loaded.model, loaded.tokenizer, requests))
+    summary = summarize_edit_metrics(per_edit)
+    return {k: summary.get(k) for k in ("es", "ps", "ns", "es_magnitude", "es_accuracy")}
+
+
+def _report(summary: dict[str, Any], out: Path) -> None:
+    t = summary["timings"]
+    typer.echo(f"Edited {summary['n_requests']} requests with {summary['editor']} into layers {summary['layers']} "
+               f"(patch {summary['patch_id'][:12]}) -> {out}")
+    typer.echo("  time: " + ", ".join(f"{k} {t.get(k, 0.0):.1f} s" for k in
+                                      ("statistics", "targets", "keys", "solve", "total")))
+    typer.echo("  update norms: " + ", ".join(f"L{k} {v:.3g}" for k, v in summary["update_norms"].items()))
+    carried = [b.get("carried_fraction_mean") for b in summary["batches"]]
+    typer.echo("  share of the wanted change carried at the last edit layer: "
+               + ", ".join(f"{c:.2f}" for c in carried if c is not None))
+    for when in ("before", "after"):
+        if when in summary:
+            scores = summary[when]
+            typer.echo(f"  {when}: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in scores.items()
+                                                  if v is not None and k in ("es", "ps", "ns")))

@@ -1,0 +1,73 @@
+"""`editdecay stats` and `editdecay edit` on a tiny model saved to disk: outputs and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import test_edit_support
+from editdecay.cli import app
+from editdecay.editing import WeightPatch
+from test_edit_support import write_corpus
+from tiny import tiny_model, tiny_tokenizer
+
+single_thread = test_edit_support.single_thread  # autouse: tiny models run fastest on one thread
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    path = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer(add_bos=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def edits_file(tmp_path):
+    records = [{"case_id": f"c{i}", "subject": s, "template": "The capital of {} is", "target_new": new,
+                "target_true": true} for i, (s, new, true) in enumerate([("France", "Rome", "Paris"),
+                                                                          ("Italy", "Berlin", "Rome")])]
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_edit_writes_a_patch_and_a_summary(tmp_path, tiny_dir, edits_file) -> None:
+    corpus = write_corpus(tmp_path)
+    out = tmp_path / "out"
+    args = ["edit", "--model", str(tiny_dir), "--editor", "alphaedit", "--dataset", str(edits_file), "--n", "2",
+            "--out", str(out), "--layers", "1-2", "--corpus", str(corpus), "--tokens", "2500",
+            "--stats-dir", str(tmp_path / "stats"), "--set", "v_num_grad_steps=3", "--set", "mom2_max_length=64",
+            "--set", "context_template_count=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Edited 2 requests with alphaedit into layers [1, 2]" in result.output
+    patch = WeightPatch.load(out / "patch")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["patch_id"] == patch.patch_id and summary["layers"] == [1, 2]
+    assert set(summary["update_norms"]) == {"1", "2"}
+    assert {"statistics", "targets", "solve", "total"} <= set(summary["timings"])
+    assert summary["hparams"]["v_num_grad_steps"] == 3 and summary["nullspace"]["1"]["total"] == 64
+
+    stats = CliRunner().invoke(app, ["stats", "--model", str(tiny_dir), "--layers", "1,2", "--corpus", str(corpus),
+                                     "--tokens", "2500", "--max-length", "64", "--stats-dir", str(tmp_path / "stats")])
+    assert stats.exit_code == 0, stats.output
+    assert "layer   1: 2500 tokens" in stats.output and "layer   2: 2500 tokens" in stats.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--n", "5"], "Asked for 5 edit requests"),
+    (["--editor", "rome"], "choose one of memit, alphaedit"),
+    (["--layers", "1,9"], "outside the model"),
+    (["--set", "v_lr"], "expected key=value"),
+    (["--set", "v_lr=-1"], "v_lr must be > 0"),
+])
+def test_bad_input_is_reported_without_a_traceback(tmp_path, tiny_dir, edits_file, extra, message) -> None:
+    args = ["edit", "--model", str(tiny_dir), "--dataset", str(edits_file), "--out", str(tmp_path / "out"),
+            "--corpus", str(write_corpus(tmp_path)), "--stats-dir", str(tmp_path / "stats"), *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
