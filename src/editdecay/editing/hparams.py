@@ -60,6 +60,7 @@ class MemitHyperParams:
     context_template_count: int = 5  # prefixed contexts besides the bare "{}"
     context_template_tokens: int = 10  # length of each sampled prefix
     v_early_stop_loss: float = 0.05
+    v_compute_dtype: str = "float32"  # "bfloat16": bf16 autocast in target optimisation (faster on CPU)
     z_batch_size: int = 32  # requests optimised together (memory knob; does not change the result)
     ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
 
@@ -117,6 +118,8 @@ class MemitHyperParams:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or null, got {self.batch_size}")
+        if self.v_compute_dtype not in ("float32", "bfloat16"):
+            problems.append(f"v_compute_dtype={self.v_compute_dtype!r}: choose float32 or bfloat16")
         if self.mom2_dtype not in ("float32", "float64"):
             problems.append(f"mom2_dtype={self.mom2_dtype!r}: choose float32 or float64")
         if problems:
