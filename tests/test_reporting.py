@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 
 from editdecay.reporting import ReportError, connect, demo_table, write_report
-from editdecay.reporting.tables import decrease_rate, delta_es_efr, es_before_after, outcome_examples, selective_layers
+from editdecay.reporting.tables import (
+    control_vs_edits,
+    decrease_rate,
+    delta_es_efr,
+    es_before_after,
+    outcome_examples,
+    selective_layers,
+)
 
 
 def make_run(root: Path, run_id: str, editor: str, method: str, layers: str, es: dict[str, float],
@@ -20,8 +27,8 @@ def make_run(root: Path, run_id: str, editor: str, method: str, layers: str, es:
                  ).to_parquet(run / "run.parquet")
     rows = [{"run_id": run_id, "set": "edits", "group": g, "es": v, "ps": v / 2, "ns": 100 - v,
              "downstream_avg": 50.0 + i} for i, (g, v) in enumerate(es.items())]
-    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 90.0, "ps": 80.0, "ns": 70.0,
-              "downstream_avg": None} for g in es]
+    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 5.0, "ps": 80.0, "ns": 70.0,
+              "knows_true": 95.0 - 10 * (g == "Med_ft"), "downstream_avg": None} for g in es]
     pd.DataFrame(rows).to_parquet(run / "metrics.parquet")
     before, after = es["Med"], es["Med_ft"]
     pd.DataFrame([{"run_id": run_id, "delta_es_pp": before - after, "decrease_rate": (before - after) / before,
@@ -106,3 +113,11 @@ def test_write_report_writes_every_format_and_nonempty_figures(runs: Path, tmp_p
             assert (tmp_path / "report" / f"{stem}{suffix}").stat().st_size > 1000
     assert "\\begin{tabular}" in (tmp_path / "report" / "table3_delta_es_efr.tex").read_text()
     assert "ES(Med_ft)" in demo_table(runs)
+
+
+def test_control_facts_report_the_share_still_known(runs: Path) -> None:
+    table = control_vs_edits(connect(runs))
+    control = table[(table["set"] == "control") & (table["editor"] == "memit") & (table["ft_layers"] == "all")]
+    assert list(control["M"]) == [95.0, 95.0] and list(control["Med_ft"]) == [85.0, 85.0]
+    edits = table[(table["set"] == "edits") & (table["editor"] == "alphaedit")]
+    assert list(edits["Med"]) == [90.0]

@@ -38,11 +38,18 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 def demo_table(runs_dir: str | Path) -> str:
-    """One line per run: ES/PS/NS of every model group and the decay between Med and Med_ft."""
+    """One line per run and set: ES/PS/NS of every model group and the decay between Med and Med_ft.
+
+    For the control set (unedited known facts) the ES column is the share of facts whose true answer is
+    still preferred (`knows_true`), so edit decay can be read beside general forgetting.
+    """
     con = connect(runs_dir)
     table = con.execute("""
         SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune, m."set", m."group",
-               round(m.es, 1) AS ES, round(m.ps, 1) AS PS, round(m.ns, 1) AS NS
+               -- control facts are never edited: their headline is whether the true answer is still preferred
+               round(CASE WHEN m."set" = 'control' THEN m.knows_true ELSE m.es END, 1) AS ES,
+               round(CASE WHEN m."set" = 'control' THEN NULL ELSE m.ps END, 1) AS PS,
+               round(CASE WHEN m."set" = 'control' THEN NULL ELSE m.ns END, 1) AS NS
         FROM metrics m JOIN run r USING (run_id) ORDER BY ALL""").df()
     wide = table.pivot_table(index=["editor", "finetune", "set"], columns="group", values=["ES", "PS", "NS"])
     wide.columns = [f"{metric}({group})" for metric, group in wide.columns]

@@ -71,9 +71,11 @@ def downstream_by_edits(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def control_vs_edits(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Edit decay beside general forgetting: success of edits and of unedited control facts per group."""
+    """Edit decay beside general forgetting: ES of the edits, and the share of unedited control facts whose
+    true answer is still preferred, per model group."""
     long = _query(con, """
-        SELECT r.model, r.editor, r.ft_method, r.ft_layers, m."set", m."group", avg(m.es) AS success
+        SELECT r.model, r.editor, r.ft_method, r.ft_layers, m."set", m."group",
+               avg(CASE WHEN m."set" = 'control' THEN m.knows_true ELSE m.es END) AS success
         FROM metrics m JOIN run r USING (run_id) GROUP BY ALL""")
     if long.empty:
         return long
