@@ -50,12 +50,18 @@ class TextCorpus:
             yield from _file_documents(path)
 
 
+SAMPLING_BATCH = 128  # sequences sampled together; part of the corpus identity (it shapes the random stream)
+
+
 @dataclass(frozen=True)
 class SampledCorpus:
     """Sequences sampled from the model being measured (needs the model; see `sample_sequences`)."""
 
     seed: int = 0
-    corpus_id: str = f"{MODEL_SAMPLED}:seed=0"
+
+    @property
+    def corpus_id(self) -> str:
+        return f"{MODEL_SAMPLED}:seed={self.seed}:batch={SAMPLING_BATCH}"
 
 
 Corpus = TextCorpus | SampledCorpus
@@ -64,7 +70,7 @@ Corpus = TextCorpus | SampledCorpus
 def open_corpus(spec: str, *, seed: int = 0) -> Corpus:
     """Resolve a corpus spec (module docstring) without reading it all; errors name the spec."""
     if spec == MODEL_SAMPLED:
-        return SampledCorpus(seed=seed, corpus_id=f"{MODEL_SAMPLED}:seed={seed}")
+        return SampledCorpus(seed=seed)
     if spec.startswith("hf:") or spec in HF_SHORTHANDS:
         return TextCorpus(spec, spec if spec.startswith("hf:") else "hf:" + ":".join(
             p for p in HF_SHORTHANDS[spec] if p))
@@ -144,7 +150,7 @@ def _parse_hf(spec: str) -> tuple[str, str | None, str]:
 
 
 def sample_sequences(
-    model: nn.Module, tokenizer, n_tokens: int, *, length: int, seed: int, batch_size: int = 64
+    model: nn.Module, tokenizer, n_tokens: int, *, length: int, seed: int, batch_size: int = SAMPLING_BATCH
 ) -> list[torch.Tensor]:
     """Sample ceil(n_tokens / length) sequences of `length` tokens from the model (pure sampling, fixed
     seed, start token included, EOS suppressed so every sequence has full length)."""

@@ -178,8 +178,7 @@ class LocateEditor(ABC, Generic[HP]):
         z_layer = hp.layers[-1]
         settings = TargetSettings(z_layer=z_layer, steps=hp.v_num_grad_steps, lr=hp.v_lr,
                                   weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
-                                  kl_factor=hp.kl_factor, early_stop_loss=hp.v_early_stop_loss,
-                                  compute_dtype=hp.v_compute_dtype)
+                                  kl_factor=hp.kl_factor, early_stop_loss=hp.v_early_stop_loss)
         tick = time.perf_counter()
         targets = compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
         run.time("targets", time.perf_counter() - tick)

@@ -60,7 +60,6 @@ class MemitHyperParams:
     context_template_count: int = 5  # prefixed contexts besides the bare "{}"
     context_template_tokens: int = 10  # length of each sampled prefix
     v_early_stop_loss: float = 0.05
-    v_compute_dtype: str = "float32"  # "bfloat16": bf16 autocast in target optimisation (faster on CPU)
     z_batch_size: int = 32  # requests optimised together (memory knob; does not change the result)
     ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
 
@@ -118,8 +117,6 @@ class MemitHyperParams:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or null, got {self.batch_size}")
-        if self.v_compute_dtype not in ("float32", "bfloat16"):
-            problems.append(f"v_compute_dtype={self.v_compute_dtype!r}: choose float32 or bfloat16")
         if self.mom2_dtype not in ("float32", "float64"):
             problems.append(f"mom2_dtype={self.mom2_dtype!r}: choose float32 or float64")
         if problems:
@@ -216,9 +213,9 @@ for _published in _PUBLISHED.values():
 
 # Built-in models: chosen by measurement on this project's CPU (bench/edit_speed.py, PRESET_NOTES).
 _MEASURED: dict[str, dict[str, Any]] = {
-    "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
+    "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
-                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 20_000},
+                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
     "gemma3-270m": {"layers": [3, 4, 5, 6, 7], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 2000.0,
                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 20_000},

@@ -269,7 +269,8 @@ class StatsStore:
         self, model: nn.Module, tokenizer, source: SampledCorpus, n_tokens: int, length: int, fingerprint: str
     ) -> list[torch.Tensor]:
         """Sampled token sequences, cached next to the statistics (sampling is the expensive part)."""
-        path = self.root / fingerprint / f"sampled-seed{source.seed}-n{n_tokens}-len{length}.safetensors"
+        name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", source.corpus_id)
+        path = self.root / fingerprint / f"sampled-{name}-n{n_tokens}-len{length}.safetensors"
         if path.is_file():
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}

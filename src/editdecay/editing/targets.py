@@ -24,7 +24,6 @@ Speed-ups that keep the math exact:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -63,9 +62,6 @@ class TargetSettings:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     early_stop_loss: float = 0.05
-    # "bfloat16": run the optimisation's forward/backward passes under bf16 autocast (the cached pass,
-    # δ, Adam and the losses stay in float32). Faster on CPUs with bf16 support; not the reference setting.
-    compute_dtype: str = "float32"
 
 
 @dataclass
@@ -208,8 +204,7 @@ def _optimise(
     for step in range(settings.steps):
         rows = torch.nonzero(active).squeeze(1)
         d = delta[rows.to(device)].clone().requires_grad_(True)
-        with _autocast(settings.compute_dtype, device):
-            nll, kl_log_p = _losses(model, batch, prepared, rows, d, settings.z_layer, mode)
+        nll, kl_log_p = _losses(model, batch, prepared, rows, d, settings.z_layer, mode)
         runs += 1
         if kl_init is None:  # step 0: δ = 0 on every row, so this is the unedited distribution
             kl_init = kl_log_p.detach()
@@ -390,14 +385,6 @@ def _forward_replaced(module: nn.Module, forward: object) -> Iterator[None]:
         yield
     finally:
         del module.forward
-
-
-def _autocast(compute_dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if compute_dtype == "float32":
-        return contextlib.nullcontext()
-    if compute_dtype != "bfloat16":
-        raise ValueError(f"compute dtype {compute_dtype!r}: choose float32 or bfloat16")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _log_probs(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
