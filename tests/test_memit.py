@@ -23,6 +23,7 @@ from editdecay.editing import (
     memit_delta,
 )
 from editdecay.editing.hparams import preset_for_model
+from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
 from editdecay.editing.targets import TargetSettings, compute_targets
 from editdecay.models import arch_for, mlp_out
@@ -122,6 +123,38 @@ def test_the_updates_carry_the_wanted_change_at_the_z_layer(tmp_path) -> None:
         carried[lam] = patch.manifest["batches"][0]["carried_fraction_mean"]
     assert carried[1e-3] > 0.9
     assert carried[1e6] < 0.05
+
+
+def test_post_mlp_norm_preimage_is_right_to_first_order() -> None:
+    """Gemma 3 norms the MLP output before the residual add: the wanted output change dx must move
+    N(x) by the wanted residual r (up to the direction N cannot move, and second-order terms)."""
+    model = tiny_model("gemma3", dtype=torch.float64)
+    norm = post_mlp_norm(model, 1)
+    assert norm is not None and post_mlp_norm(tiny_model("llama"), 1) is None
+    with torch.no_grad():
+        norm.weight.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 32, generator=g, dtype=torch.float64)
+    r = 1e-3 * torch.randn(32, 4, generator=g, dtype=torch.float64)
+    dx = preimage_change(norm, x, r)
+    with torch.no_grad():
+        moved = (norm(x + dx.T) - norm(x)).T
+    gain = 1 + norm.weight.detach()
+    unit = x / x.norm(dim=1, keepdim=True)
+    reachable = r - (gain[:, None] * unit.T) * ((r.T / gain) * unit).sum(dim=1)
+    # Gemma's norm computes in float32: differences are exact to ~1e-7 only.
+    assert float((moved - reachable).abs().max()) < 0.02 * float(reachable.abs().max())
+    assert float((moved - r).abs().max()) > 0.02 * float(r.abs().max())  # the x direction is out of reach
+
+
+def test_gemma3_updates_stay_on_the_scale_of_the_mlp_output(tmp_path) -> None:
+    """Without the post-norm correction the tiny Gemma 3 updates explode (~1e3); with it they stay ~1."""
+    model, tok = tiny_model("gemma3", dtype=torch.float64), tiny_tokenizer(add_bos=True)
+    patch = build_editor("memit", fast_hparams(write_corpus(tmp_path), mom2_dtype="float64")).edit(
+        model, tok, capital_requests(3), stats=StatsStore(tmp_path / "stats"))
+    norms = [layer["update_norm"] for layer in patch.manifest["batches"][0]["layers"].values()]
+    assert max(norms) < 20
+    assert patch.manifest["batches"][0]["carried_fraction_mean"] > 0.3
 
 
 def test_an_exception_mid_edit_leaves_the_weights_as_they_were(tmp_path, monkeypatch) -> None:

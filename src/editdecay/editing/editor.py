@@ -32,6 +32,7 @@ from editdecay.editing.hparams import (
     read_hparams_file,
 )
 from editdecay.editing.keys import compute_keys
+from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
@@ -188,12 +189,16 @@ class LocateEditor(ABC, Generic[HP]):
         device = next(model.parameters()).device
         for i, layer in enumerate(hp.layers):
             tick = time.perf_counter()
-            current = compute_keys(model, tokenizer, batch, run.contexts, [layer], z_layer=z_layer)
+            norm = post_mlp_norm(model, layer)
+            current = compute_keys(model, tokenizer, batch, run.contexts, [layer], z_layer=z_layer,
+                                   values_at=[layer] if norm is not None else [])
             run.time("keys", time.perf_counter() - tick)
             tick = time.perf_counter()
             assert current.z_current is not None
             # Spread what is still missing at L_z evenly over this and the remaining layers (§1.5).
             residual = (targets.z - current.z_current).T / (len(hp.layers) - i)
+            if norm is not None:  # the output projection's output is normed before the residual add
+                residual = preimage_change(norm, current.values[layer], residual)
             keys = current.keys[layer].T
             delta = self._layer_delta(layer, residual.to(device), keys.to(device), hp, prepared, state)
             oriented = delta.T if transposed else delta

@@ -21,6 +21,7 @@ SEQUENCES_PER_FORWARD = 256
 class KeysAndOutputs:
     keys: dict[int, torch.Tensor]  # layer -> (n, m): 0.5 * bare-prompt key + 0.5 * mean of prefixed keys
     z_current: torch.Tensor | None  # (n, d): block L_z output on the bare prompts, if asked for
+    values: dict[int, torch.Tensor]  # layer -> (n, d): output projection outputs on the bare prompts
 
 
 def compute_keys(
@@ -31,9 +32,11 @@ def compute_keys(
     layers: Sequence[int],
     *,
     z_layer: int | None = None,
+    values_at: Sequence[int] = (),
 ) -> KeysAndOutputs:
     """Averaged keys at each layer (and block-L_z outputs) in one forward pass per chunk of prompts.
-    With no layers, only the block-L_z outputs are read (on the bare prompts only).
+    With no layers, only the block-L_z outputs are read (on the bare prompts only). `values_at` layers
+    (a subset of `layers`) also report their output projection's output.
 
     Keys are grouped like the reference: the bare "{}" context is one group, the sampled prefixes another;
     each group is averaged, then the two group means (ALGORITHMS §1.4).
@@ -55,6 +58,9 @@ def compute_keys(
     n, c = len(requests), len(contexts)
     keys: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(sequences) for layer in layers}
     outputs: list[torch.Tensor | None] = [None] * len(sequences)
+    value_names = {layer: key_names[layer] for layer in values_at}
+    values: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(sequences) for layer in values_at}
+    read = ([block_name] if block_name else []) + list(value_names.values())
     by_length: dict[int, list[int]] = {}
     for index, seq in enumerate(sequences):
         by_length.setdefault(len(seq), []).append(index)
@@ -64,21 +70,24 @@ def compute_keys(
                 part = members[first: first + SEQUENCES_PER_FORWARD]
                 input_ids = torch.tensor([sequences[i] for i in part], dtype=torch.long, device=device)
                 with record(model, list(key_names.values()), "input") as inputs, \
-                        record(model, [block_name] if block_name else [], "output") as outs:
+                        record(model, read, "output") as outs:
                     run_until(model, last, input_ids=input_ids, use_cache=False)
                 for layer, name in key_names.items():
                     for row, i in enumerate(part):
                         keys[layer][i] = _upcast(inputs[name][row, length - 1])
-                if block_name:
-                    for row, i in enumerate(part):
+                for row, i in enumerate(part):
+                    if block_name:
                         outputs[i] = _upcast(outs[block_name][row, length - 1])
+                    for layer, name in value_names.items():
+                        values[layer][i] = _upcast(outs[name][row, length - 1])
     averaged = {}
     for layer in layers:
         per_prompt = torch.stack(keys[layer]).view(n, c, -1)  # type: ignore[arg-type]
         bare = per_prompt[:, 0]
         averaged[layer] = 0.5 * bare + 0.5 * per_prompt[:, 1:].mean(dim=1) if c > 1 else bare
     z_current = torch.stack(outputs).view(n, c, -1)[:, 0] if block_name else None  # type: ignore[arg-type]
-    return KeysAndOutputs(averaged, z_current)
+    bare_values = {layer: torch.stack(v).view(n, c, -1)[:, 0] for layer, v in values.items()}  # type: ignore[arg-type]
+    return KeysAndOutputs(averaged, z_current, bare_values)
 
 
 def _upcast(vector: torch.Tensor) -> torch.Tensor:
