@@ -16,3 +16,17 @@ app = typer.Typer(
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parse_blocks(text: str, usage: str = "block indices like 4,5,6 or 4-8") -> list[int]:
+    """Block indices written as `4,5,6` or `4-8` (or a mix), with a clear error naming `--layers`."""
+    blocks: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            blocks += list(range(int(first), int(last) + 1)) if last else [int(first)]
+    except ValueError:
+        blocks = []
+    if not blocks:
+        raise typer.BadParameter(f"{text!r}: use {usage}", param_hint="--layers")
+    return blocks

@@ -8,25 +8,14 @@ from typing import Any
 
 import typer
 
-from editdecay.cli.app import app
+from editdecay.cli.app import app, parse_blocks
 
 _EDITORS = ("memit", "alphaedit")
 
 
 def _layers(text: str | None) -> list[int] | None:
     """Block indices such as `4,5,6` or `4-8`."""
-    if not text:
-        return None
-    blocks: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            blocks += list(range(int(first), int(last) + 1)) if last else [int(first)]
-    except ValueError:
-        blocks = []
-    if not blocks:
-        raise typer.BadParameter(f"{text!r}: use block indices like 4,5,6 or 4-8", param_hint="--layers")
-    return blocks
+    return parse_blocks(text) if text else None
 
 
 def _settings(pairs: list[str]) -> dict[str, Any]:

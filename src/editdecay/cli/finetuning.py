@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from editdecay.cli.app import app
+from editdecay.cli.app import app, parse_blocks
 
 _POLICIES = ("all", "edited", "non_edited")
 _DEFAULTS = {  # FinetuneSpec's defaults, repeated here so `--help` needs no torch import (checked by a test)
@@ -21,16 +21,7 @@ def parse_layers(text: str) -> str | tuple[int, ...]:
     text = text.strip()
     if text in _POLICIES:
         return text
-    blocks: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            blocks += list(range(int(first), int(last) + 1)) if last else [int(first)]
-    except ValueError:
-        blocks = []
-    if not blocks:
-        raise typer.BadParameter(f"{text!r}: use all, edited, non_edited, or block indices like 4,5,6 or 4-8",
-                                 param_hint="--layers")
+    blocks = parse_blocks(text, "all, edited, non_edited, or block indices like 4,5,6 or 4-8")
     return tuple(blocks)
 
 
