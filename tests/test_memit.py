@@ -25,7 +25,7 @@ from editdecay.editing import (
 from editdecay.editing.hparams import preset_for_model
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
-from editdecay.editing.targets import TargetSettings, compute_targets
+from editdecay.editing.targets import TargetSettings, _adam_step, compute_targets
 from editdecay.models import arch_for, mlp_out
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_config, tiny_model, tiny_tokenizer
@@ -74,6 +74,21 @@ def test_batched_targets_equal_one_at_a_time(arch: str) -> None:
     torch.testing.assert_close(batched.z, single.z, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(batched.z, full.z, rtol=1e-9, atol=1e-9)
     assert batched.steps == single.steps == full.steps
+
+
+def test_row_wise_adam_matches_torch_adam_and_frozen_rows_stay() -> None:
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(4)]
+    reference = torch.zeros(3, 5, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([reference], lr=0.5)
+    param, m, v = (torch.zeros(3, 5, dtype=torch.float64) for _ in range(3))
+    for t, grad in enumerate(grads, 1):
+        reference.grad = grad.clone()
+        optimizer.step()
+        rows = torch.tensor([0, 2])  # row 1 has converged: it must not move
+        _adam_step(param, m, v, grad[rows], rows, t, 0.5)
+    torch.testing.assert_close(param[[0, 2]], reference.detach()[[0, 2]], rtol=1e-12, atol=1e-12)
+    assert torch.count_nonzero(param[1]) == 0
 
 
 def test_batched_and_single_editing_give_the_same_patch(tmp_path) -> None:
