@@ -94,7 +94,7 @@ def test_grid_overrides_base_and_lists(tmp_path: Path) -> None:
     assert [c.editor.name for c in single] == ["alphaedit"]
 
 
-@pytest.mark.parametrize("preset", ["demo.yaml", "demo-quick.yaml", "paper.yaml"])
+@pytest.mark.parametrize("preset", ["demo.yaml", "demo-quick.yaml", "paper.yaml", "small-grid.yaml"])
 def test_presets_validate(preset: str) -> None:
     configs = load_grid(PRESETS / preset).expand()
     assert configs
@@ -102,5 +102,15 @@ def test_presets_validate(preset: str) -> None:
         # 4 models x 2 datasets x 3 edit counts x 2 editors x 3 fine-tuning methods
         assert len(configs) == 144
         assert {c.edits.n for c in configs} == {100, 1000, 10000}
+    elif preset == "small-grid.yaml":
+        # 2 editors x 2 fine-tuning methods x 2 layer policies
+        assert len(configs) == 8
+        assert {(c.editor.name, c.finetune.method, c.finetune.layers) for c in configs} == {
+            (e, m, p) for e in ("memit", "alphaedit") for m in ("lora", "dora") for p in ("all", "edited")}
     else:
         assert len(configs) == 4
+
+
+def test_single_experiment_preset_validates() -> None:
+    config = load_experiment(PRESETS / "experiment.yaml")
+    assert (config.editor.name, config.finetune.method, config.edits.n) == ("memit", "lora", 50)

@@ -308,3 +308,35 @@ def test_edit_layers_are_where_the_patch_is(tmp_path) -> None:
 def test_memit_on_smollm2_edits_at_least_9_of_10(smollm2, smollm2_stats) -> None:
     store, overrides = smollm2_stats
     assert edit_success(smollm2, build_editor("memit", overrides), store) >= 9
+
+
+def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEMIT and AlphaEdit on the same model and requests optimise targets once; the patches are unchanged."""
+    import editdecay.editing.editor as editor_module
+    from editdecay.editing import TargetStore
+
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    corpus, stats = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
+    requests = capital_requests(3)
+    uncached = {name: build_editor(name, fast_hparams(corpus)).edit(model, tok, requests, stats=stats)
+                for name in ("memit", "alphaedit")}
+
+    calls = []
+    real = editor_module.compute_targets
+    monkeypatch.setattr(editor_module, "compute_targets", lambda *a, **k: calls.append(1) or real(*a, **k))
+    store = TargetStore(tmp_path / "targets")
+    shared = {name: build_editor(name, fast_hparams(corpus)).edit(model, tok, requests, stats=stats, targets=store)
+              for name in ("memit", "alphaedit")}
+    assert len(calls) == 1  # the second editor read the first one's targets
+    for name in uncached:
+        assert uncached[name].deltas.keys() == shared[name].deltas.keys()
+        for param, delta in uncached[name].deltas.items():
+            assert torch.equal(delta, shared[name].deltas[param]), (name, param)
+
+    # Any input of the optimisation changes the key: other steps, other requests, another model.
+    build_editor("memit", fast_hparams(corpus, v_num_grad_steps=3)).edit(model, tok, requests, stats=stats,
+                                                                          targets=store)
+    build_editor("memit", fast_hparams(corpus)).edit(model, tok, requests[:2], stats=stats, targets=store)
+    build_editor("memit", fast_hparams(corpus)).edit(tiny_model("llama", seed=1), tok, requests, stats=stats,
+                                                     targets=store)
+    assert len(calls) == 4

@@ -43,17 +43,14 @@ def test_ray_grid_equals_local(tmp_path: Path) -> None:
         for table in ("metrics.parquet", "edits_per_edit.parquet", "activations.parquet"):
             mine, theirs = pd.read_parquet(here.run_dir / table), pd.read_parquet(there.run_dir / table)
             assert list(mine.columns) == list(theirs.columns) and len(mine) == len(theirs)
-        # The unedited model's evaluation is identical wherever it runs.
-        mine, theirs = (pd.read_parquet(run.run_dir / "edits.parquet") for run in (here, there))
-        pd.testing.assert_frame_equal(mine[mine["group"] == "M"], theirs[theirs["group"] == "M"], rtol=1e-4)
-        # Patches cover the same parameters. (Their values can differ across processes on a random tiny model,
-        # whose near-uniform next-token distribution makes the model-sampled statistics corpus sensitive to
-        # thread-level float differences; see the session note.)
+        # Same numbers wherever a configuration runs: every table, every model group, and the patch itself.
+        for table in ("edits.parquet", "metrics.parquet", "activations.parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(here.run_dir / table), pd.read_parquet(there.run_dir / table))
         local_patch = WeightPatch.load(_patch_dir(tmp_path / "local-store", here))
         remote_patch = WeightPatch.load(_patch_dir(tmp_path / "ray-store", there))
-        assert local_patch.layers == remote_patch.layers
-        assert {k: v.shape for k, v in local_patch.deltas.items()} == \
-            {k: v.shape for k, v in remote_patch.deltas.items()}
+        assert local_patch.deltas.keys() == remote_patch.deltas.keys()
+        for name, delta in local_patch.deltas.items():
+            assert torch.equal(delta, remote_patch.deltas[name]), name
 
 
 def _patch_dir(store: Path, result) -> Path:

@@ -26,8 +26,8 @@ def make_run(root: Path, run_id: str, editor: str, method: str, layers: str, es:
                    "editor": editor, "ft_method": method, "ft_layers": layers, "edit_layers": "1,2"}]
                  ).to_parquet(run / "run.parquet")
     rows = [{"run_id": run_id, "set": "edits", "group": g, "es": v, "ps": v / 2, "ns": 100 - v,
-             "downstream_avg": 50.0 + i} for i, (g, v) in enumerate(es.items())]
-    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 5.0, "ps": 80.0, "ns": 70.0,
+             "es_magnitude": v - 50, "downstream_avg": 50.0 + i} for i, (g, v) in enumerate(es.items())]
+    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 5.0, "ps": 80.0, "ns": 70.0, "es_magnitude": -40.0,
               "knows_true": 95.0 - 10 * (g == "Med_ft"), "downstream_avg": None} for g in es]
     pd.DataFrame(rows).to_parquet(run / "metrics.parquet")
     before, after = es["Med"], es["Med_ft"]
@@ -112,7 +112,27 @@ def test_write_report_writes_every_format_and_nonempty_figures(runs: Path, tmp_p
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "report" / f"{stem}{suffix}").stat().st_size > 1000
     assert "\\begin{tabular}" in (tmp_path / "report" / "table3_delta_es_efr.tex").read_text()
-    assert "ES(Med_ft)" in demo_table(runs)
+
+
+def test_demo_table_rows_and_values(runs: Path) -> None:
+    decay_part, side_part = demo_table(runs).split("Side effects")
+    rows = {tuple(cells[:2]): cells for cells in _markdown_rows(decay_part)}
+    header = _markdown_rows(decay_part, header=True)
+    assert set(rows) == {("memit", "lora/all"), ("memit", "dora/all"), ("alphaedit", "lora/all"),
+                         ("memit", "lora/edited")}  # the incomplete run r5 is left out
+    memit = dict(zip(header, rows[("memit", "lora/all")], strict=True))
+    assert (memit["ES(Med)"], memit["ES(Med_ft)"], memit["margin(Med_ft)"]) == ("100", "80", "30")
+    assert (memit["ΔES"], memit["EFR%"], memit["flips"]) == ("20", "25", "1/4")
+    side_header = _markdown_rows(side_part, header=True)
+    side = dict(zip(side_header, {tuple(c[:2]): c for c in _markdown_rows(side_part)}[("alphaedit", "lora/all")],
+                    strict=True))
+    assert (side["known(M)"], side["known(Med_ft)"], side["downstream(Med_ft)"]) == ("95", "85", "53")
+
+
+def _markdown_rows(text: str, header: bool = False) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return cells[0] if header else cells[2:]  # type: ignore[return-value]
 
 
 def test_control_facts_report_the_share_still_known(runs: Path) -> None:

@@ -129,6 +129,27 @@ def test_model_sampled_corpus_is_seeded_and_logged(caplog) -> None:
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_sampling_matches_a_cache_free_reference_and_never_ends_early() -> None:
+    """The KV-cache loop samples what recomputing the whole prefix would (same generator stream), and the
+    end-of-sequence token is suppressed even when the model strongly prefers it."""
+    model, tok = tiny_model("llama", dtype=torch.float64), tiny_tokenizer(add_bos=True)
+    with torch.no_grad():  # make EOS the favourite after most tokens
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight.abs().max() * 50 * model.model.norm.weight.sign()
+    sampled = sample_sequences(model, tok, 24, length=8, seed=5, batch_size=3)
+
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.full((3, 1), tok.bos_token_id)
+    eos_favoured = 0
+    with torch.no_grad():
+        for _ in range(7):
+            logits = model(input_ids=ids).logits[:, -1].float()
+            eos_favoured += int((logits.argmax(dim=-1) == tok.eos_token_id).sum())
+            logits[:, tok.eos_token_id] = float("-inf")
+            ids = torch.cat([ids, torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)], dim=1)
+    assert torch.equal(torch.stack(sampled), ids)
+    assert eos_favoured > 10 and not (ids == tok.eos_token_id).any()
+
+
 def test_too_small_corpus_and_non_finite_statistic_are_clear_errors(corpus_file) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     with pytest.raises(StatisticError, match="holds only"):

@@ -10,6 +10,7 @@ from editdecay.editing.registry import EDITORS, build_editor
 from editdecay.editing.solve import SolveError, alphaedit_delta, memit_delta, nullspace_projector
 from editdecay.editing.stats import LayerStats, StatisticError, StatsStore, collect_stats
 from editdecay.editing.subject import EditInputError
+from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.targets import TargetOptimisationError
 
 Editor = LocateEditor
@@ -31,7 +32,9 @@ __all__ = [
     "SolveError",
     "StatisticError",
     "StatsStore",
+    "TargetKey",
     "TargetOptimisationError",
+    "TargetStore",
     "WeightPatch",
     "alphaedit_delta",
     "build_editor",

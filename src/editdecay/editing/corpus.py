@@ -51,6 +51,7 @@ class TextCorpus:
 
 
 SAMPLING_BATCH = 128  # sequences sampled together; part of the corpus identity (it shapes the random stream)
+SAMPLER_VERSION = 2  # bumped whenever the sampling procedure changes the text it produces
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class SampledCorpus:
 
     @property
     def corpus_id(self) -> str:
-        return f"{MODEL_SAMPLED}:seed={self.seed}:batch={SAMPLING_BATCH}"
+        return f"{MODEL_SAMPLED}:seed={self.seed}:batch={SAMPLING_BATCH}:v{SAMPLER_VERSION}"
 
 
 Corpus = TextCorpus | SampledCorpus
@@ -152,8 +153,9 @@ def _parse_hf(spec: str) -> tuple[str, str | None, str]:
 def sample_sequences(
     model: nn.Module, tokenizer, n_tokens: int, *, length: int, seed: int, batch_size: int = SAMPLING_BATCH
 ) -> list[torch.Tensor]:
-    """Sample ceil(n_tokens / length) sequences of `length` tokens from the model (pure sampling, fixed
-    seed, start token included, EOS suppressed so every sequence has full length)."""
+    """Sample ceil(n_tokens / length) sequences of `length` tokens from the model (pure sampling at
+    temperature 1, fixed seed, start token included, end-of-sequence tokens suppressed so every sequence
+    has full length). A plain KV-cache loop: one forward per new token for the whole batch."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
         raise ValueError("model-sampled corpus: the tokenizer has neither a BOS nor an EOS token to start from.")
@@ -161,21 +163,31 @@ def sample_sequences(
     log.info("Statistics corpus: sampling %d sequences x %d tokens from the model itself (seed %d)",
              n_sequences, length, seed)
     device = next(model.parameters()).device
+    banned = torch.tensor(sorted(_end_tokens(model, tokenizer)), dtype=torch.long, device=device)
     sequences: list[torch.Tensor] = []
-    generator_seed = seed
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), tqdm(
-        total=n_sequences * length, desc="sampling corpus", unit="tok", unit_scale=True
-    ) as bar:
+    with torch.no_grad(), tqdm(total=n_sequences * length, desc="sampling corpus", unit="tok",
+                               unit_scale=True) as bar:
         for first in range(0, n_sequences, batch_size):
             rows = min(batch_size, n_sequences - first)
-            # Each batch is seeded on its own, so the text does not depend on what ran before it.
-            torch.manual_seed(generator_seed + first)
-            inputs = torch.full((rows, 1), start, dtype=torch.long, device=device)
-            out = model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, top_k=0, top_p=1.0,
-                temperature=1.0, max_new_tokens=length - 1, min_new_tokens=length - 1,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start,
-            )
-            sequences.extend(out.cpu())
-            bar.update(rows * length)
+            # Each batch has its own generator, so its text does not depend on what ran before it.
+            generator = torch.Generator(device=device).manual_seed(seed + first)
+            ids = torch.full((rows, 1), start, dtype=torch.long, device=device)
+            out = model(input_ids=ids, use_cache=True)
+            bar.update(rows)
+            for _ in range(length - 1):
+                logits = out.logits[:, -1].float()
+                logits[:, banned] = float("-inf")
+                token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+                ids = torch.cat([ids, token], dim=1)
+                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                bar.update(rows)
+            sequences.extend(ids.cpu())
     return sequences
+
+
+def _end_tokens(model: nn.Module, tokenizer) -> set[int]:
+    """Every token id that would end a sequence: the tokenizer's EOS and the generation config's."""
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends.update([configured] if isinstance(configured, int) else configured or [])
+    return ends

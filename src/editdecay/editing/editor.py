@@ -36,7 +36,8 @@ from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
-from editdecay.editing.targets import TargetSettings, compute_targets
+from editdecay.editing.target_store import TargetKey, TargetStore
+from editdecay.editing.targets import TargetResult, TargetSettings, compute_targets
 from editdecay.models import arch_for, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class EditRun:
     timings: dict[str, float] = field(default_factory=dict)
     batches: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    target_store: TargetStore | None = None
 
     def time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
@@ -110,14 +112,17 @@ class LocateEditor(ABC, Generic[HP]):
         seed: int = 0,
         fingerprint: str | None = None,
         in_place: bool = False,
+        targets: TargetStore | None = None,
     ) -> WeightPatch:
-        """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place)."""
+        """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place).
+        `targets`: a cache of target values to share with other editors on the same model and requests."""
         patch, _ = self._edit(model, tokenizer, requests, stats=stats, seed=seed, fingerprint=fingerprint,
-                              in_place=in_place, state=None)
+                              in_place=in_place, state=None, targets=targets)
         return patch
 
     def _edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, stats: StatsStore,
-              seed: int, fingerprint: str | None, in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
+              seed: int, fingerprint: str | None, in_place: bool, state: Any,
+              targets: TargetStore | None = None) -> tuple[WeightPatch, Any]:
         requests = list(requests)
         if not requests:
             raise EditInputError("No edit requests given.")
@@ -127,13 +132,14 @@ class LocateEditor(ABC, Generic[HP]):
         was_training = model.training
         model.eval()  # dropout would make statistics, contexts and target values random
         try:
-            return self._run(model, tokenizer, requests, hp, stats, seed, fingerprint, in_place, state)
+            return self._run(model, tokenizer, requests, hp, stats, seed, fingerprint, in_place, state, targets)
         finally:
             model.train(was_training)
 
     def _run(self, model: nn.Module, tokenizer, requests: list[EditRequest], hp: HP, stats: StatsStore, seed: int,
-             fingerprint: str | None, in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
-        run = EditRun(hp, fingerprint or model_fingerprint(model))
+             fingerprint: str | None, in_place: bool, state: Any, targets: TargetStore | None
+             ) -> tuple[WeightPatch, Any]:
+        run = EditRun(hp, fingerprint or model_fingerprint(model), target_store=targets)
         started = time.perf_counter()
         run.stats = self._statistics(model, tokenizer, hp, stats, run.fingerprint)
         run.time("statistics", time.perf_counter() - started)
@@ -181,7 +187,15 @@ class LocateEditor(ABC, Generic[HP]):
                                   weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
                                   kl_factor=hp.kl_factor, early_stop_loss=hp.v_early_stop_loss)
         tick = time.perf_counter()
-        targets = compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
+        def optimise() -> TargetResult:
+            return compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
+
+        # Only the first batch sees the model whose fingerprint (run.fingerprint) keys the cache.
+        if run.target_store is not None and not run.batches:
+            key = TargetKey.of(run.fingerprint, batch, run.contexts, settings, hp.z_batch_size)
+            targets = run.target_store.get(key, optimise)
+        else:
+            targets = optimise()
         run.time("targets", time.perf_counter() - tick)
         record: dict[str, Any] = {
             "requests": len(batch), "target_steps_mean": sum(targets.steps) / len(batch),

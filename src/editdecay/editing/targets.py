@@ -113,7 +113,7 @@ def compute_targets(
     contexts: Sequence[str],
     settings: TargetSettings,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     mode: Mode = "auto",
     progress: bool = True,
 ) -> TargetResult:
@@ -319,8 +319,9 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     slot = seq_slot[batch.tgt_seq]
     use = slot >= 0
     t_slot, t_pos, t_id = slot[use], batch.tgt_pos[use], batch.tgt_id[use]
-    log_p = _log_probs(model, normed[t_slot.to(device), (t_pos - start[t_slot]).to(device)])
-    token_nll = -log_p.gather(1, t_id.to(device)[:, None]).squeeze(1)
+    logits = _logits(model, normed[t_slot.to(device), (t_pos - start[t_slot]).to(device)])
+    # -log softmax at the target token, without materialising the whole log-softmax (memory).
+    token_nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, t_id.to(device)[:, None]).squeeze(1)
     t_slot = t_slot.to(device)
     per_seq = (torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(0, t_slot, token_nll)
                / torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(
@@ -331,7 +332,7 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     # KL distribution: the essence prompt's subject position, one per request, in row order.
     essence = torch.nonzero(batch.is_essence[seqs]).squeeze(1)
     essence = essence[torch.argsort(owner[essence])]
-    kl_log_p = _log_probs(model, normed[essence.to(device), (subject - start)[essence].to(device)])
+    kl_log_p = F.log_softmax(_logits(model, normed[essence.to(device), (subject - start)[essence].to(device)]), -1)
     return nll, kl_log_p
 
 
@@ -387,10 +388,11 @@ def _forward_replaced(module: nn.Module, forward: object) -> Iterator[None]:
         del module.forward
 
 
-def _log_probs(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
-    """Log-softmax of the logits of final-normed hidden states (final soft-capping included)."""
-    logits = unembedding(model)(normed).float()
+def _logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """Logits (float32 or better) of final-normed hidden states (final soft-capping included)."""
+    logits = unembedding(model)(normed)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.log_softmax(logits, dim=-1)
+    return logits

@@ -160,13 +160,16 @@ def score_continuations(
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
     batch_size: int = 32,
-    padding_side: PadSide = "right",
     progress: bool = True,
     desc: str = "scoring",
 ) -> tuple[list[TokenScores], NextTokenTable]:
     """Teacher-forced log-probabilities of each continuation after its context, in padded batches.
 
-    Returns one TokenScores per pair and the table of argmax next tokens at every scored position.
+    Each distinct context runs once (`batch_size` contexts per forward); its continuations (target_new,
+    target_true, ...) then continue from its KV cache in a second, short forward. Returns one TokenScores
+    per pair and the table of argmax next tokens at every scored position. Contexts are left-padded: the
+    continuation's cached prefix must hold no padding between real tokens, or sliding-window attention
+    (which counts cache slots, not positions) would see the wrong window.
     """
     pairs_t = [(tuple(c), tuple(t)) for c, t in pairs]
     for i, (context, target) in enumerate(pairs_t):
@@ -176,38 +179,29 @@ def score_continuations(
     needed: dict[int, set[tuple[int, int]]] = {}
     for (_context, target), seq in zip(pairs_t, cover, strict=True):
         needed.setdefault(seq, set()).update(enumerate(target))
-    order = sorted(range(len(sequences)), key=lambda s: len(sequences[s][0]) + len(sequences[s][1]), reverse=True)
+    by_context: dict[Ids, list[int]] = {}
+    for s, (context, _suffix) in enumerate(sequences):
+        by_context.setdefault(context, []).append(s)
+    contexts = sorted(by_context, key=len, reverse=True)
     logprob: dict[tuple[int, int, int], float] = {}
     argmax: dict[tuple[int, int], int] = {}
     table: NextTokenTable = {}
     with inference(model) as device:
-        bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = pad_batch([sequences[s][0] + sequences[s][1] for s in chunk], pad_id, padding_side, device)
-            width = max(len(sequences[s][1]) for s in chunk) + 1
-            keep = torch.empty((len(chunk), width), dtype=torch.long)
-            for row, s in enumerate(chunk):
-                first = batch.offsets[row] + len(sequences[s][0]) - 1  # predicts the first continuation token
-                count = len(sequences[s][1]) + 1
-                keep[row] = torch.tensor([first + min(j, count - 1) for j in range(width)])
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, logits_to_keep=keep.to(device)).logits.float()
-            log_z = torch.logsumexp(logits, dim=-1)
-            best = logits.argmax(dim=-1).cpu()
-            rows, cols, toks, keys = [], [], [], []
-            for row, s in enumerate(chunk):
+        bar = tqdm(total=len(contexts), desc=desc, unit="prompt", disable=not progress, leave=False)
+        for start in range(0, len(contexts), batch_size):
+            chunk = contexts[start:start + batch_size]
+            members = [(row, s) for row, context in enumerate(chunk) for s in by_context[context]]
+            logits_of = _continuation_logits(model, pad_id, chunk, members, sequences, device)
+            for (_row, s), logits in zip(members, logits_of, strict=True):
                 context, suffix = sequences[s]
+                log_p = torch.log_softmax(logits, dim=-1)
+                best = logits.argmax(dim=-1).tolist()
                 for j in range(len(suffix) + 1):
-                    argmax[(s, j)] = int(best[row, j])
-                    table[(context, suffix[:j])] = int(best[row, j])
-                for j, token in needed[s]:
-                    rows.append(row)
-                    cols.append(j)
-                    toks.append(token)
-                    keys.append((s, j, token))
-            picked = (logits[rows, cols, toks] - log_z[rows, cols]).double().cpu().tolist()
-            logprob.update(zip(keys, picked, strict=True))
+                    argmax[(s, j)] = best[j]
+                    table[(context, suffix[:j])] = best[j]
+                wanted = sorted(needed[s])
+                picked = log_p[[j for j, _ in wanted], [t for _, t in wanted]].double().tolist()
+                logprob.update(((s, j, t), value) for (j, t), value in zip(wanted, picked, strict=True))
             bar.update(len(chunk))
         bar.close()
     scores = [
@@ -216,6 +210,37 @@ def score_continuations(
         for (_context, target), seq in zip(pairs_t, cover, strict=True)
     ]
     return scores, table
+
+
+def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], members: list[tuple[int, int]],
+                         sequences: list[tuple[Ids, Ids]], device: torch.device) -> list[torch.Tensor]:
+    """Float logits (len(suffix) + 1, vocab) for each (context row, sequence) in `members`: position 0 from the
+    context's last token, position j from suffix token j - 1 (read after the context's cached keys/values)."""
+    batch = pad_batch(contexts, pad_id, "left", device)
+    last = torch.full((len(contexts), 1), batch.input_ids.shape[1] - 1, device=device)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                use_cache=True, logits_to_keep=last)
+    first = out.logits[:, 0].float()
+    extended = [(k, row, sequences[s][1]) for k, (row, s) in enumerate(members) if sequences[s][1]]
+    later: dict[int, torch.Tensor] = {}
+    if extended:
+        rows = torch.tensor([row for _, row, _ in extended], device=device)
+        cache = out.past_key_values
+        cache.batch_select_indices(rows)  # one cache row per continuation (rows repeat)
+        width = max(len(suffix) for _, _, suffix in extended)
+        ids = torch.full((len(extended), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(extended), width), dtype=torch.long)
+        for i, (_, _, suffix) in enumerate(extended):
+            ids[i, :len(suffix)] = torch.tensor(suffix)
+            mask[i, :len(suffix)] = 1
+        lengths = torch.tensor([len(contexts[row]) for _, row, _ in extended])
+        positions = lengths[:, None] + torch.arange(width)[None, :]
+        logits = model(input_ids=ids.to(device), attention_mask=torch.cat([batch.attention_mask[rows],
+                       mask.to(device)], dim=1), position_ids=positions.to(device), past_key_values=cache,
+                       use_cache=True).logits.float()
+        later = {k: logits[i, :len(suffix)] for i, (k, _, suffix) in enumerate(extended)}
+    return [torch.cat([first[row:row + 1], later[k]]) if k in later else first[row:row + 1]
+            for k, (row, _s) in enumerate(members)]
 
 
 def greedy_generate(

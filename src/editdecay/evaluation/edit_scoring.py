@@ -15,7 +15,6 @@ from torch import nn
 
 from editdecay.data import EditRequest
 from editdecay.evaluation.batching import (
-    PadSide,
     TokenScores,
     continuation_text,
     encode,
@@ -60,7 +59,6 @@ def score_edits(
     *,
     batch_size: int = 32,
     progress: bool = True,
-    padding_side: PadSide | None = None,
 ) -> pd.DataFrame:
     """Score every prompt of every request: NLL of both targets, greedy continuation, token accuracy, success.
 
@@ -69,7 +67,7 @@ def score_edits(
     exact_new/true (every target token is the greedy prediction), n_tokens_new/true, greedy (greedy
     continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, ALGORITHMS §3),
     and the token ids (target_*_ids, argmax_*_ids, greedy_ids) that `neighborhood_agreement` compares.
-    `padding_side` defaults to the tokenizer's; results do not depend on it.
+    Results do not depend on the tokenizer's padding side (batching pads explicitly).
     """
     if not requests:
         raise ValueError("score_edits got no edit requests.")
@@ -78,7 +76,6 @@ def score_edits(
         raise ValueError(f"CounterFact edits {missing[:5]} have no target_true; the probability-comparison metrics "
                          "need the fact being replaced.")
     rows = _rows(requests)
-    side: PadSide = padding_side or ("left" if tokenizer.padding_side == "left" else "right")
     prompts = sorted({row.prompt for row in rows})
     prompt_ids = dict(zip(prompts, encode(tokenizer, prompts, specials=True), strict=True))
     targets = sorted({continuation_text(t) for row in rows for t in (row.target_new, row.target_true) if t})
@@ -94,7 +91,7 @@ def score_edits(
                 slots.append((r, which))
                 pairs.append((prompt_ids[row.prompt], target_ids[continuation_text(target)]))
     scores, table = score_continuations(model, pad_id_of(tokenizer), pairs, batch_size=batch_size,
-                                        padding_side=side, progress=progress, desc="scoring edit prompts")
+                                        progress=progress, desc="scoring edit prompts")
     by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
 
     lengths = [max(len(by_slot[(r, w)].tokens) for w in ("new", "true") if (r, w) in by_slot) for r in range(len(rows))]

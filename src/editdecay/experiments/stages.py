@@ -11,7 +11,7 @@ from torch import nn
 
 from editdecay.config import ExperimentConfig
 from editdecay.data import EditRequest, load_corpus
-from editdecay.editing import StatsStore, WeightPatch, build_editor
+from editdecay.editing import StatsStore, TargetStore, WeightPatch, build_editor
 from editdecay.evaluation import (
     activation_shift,
     decay_summary,
@@ -39,7 +39,8 @@ def edit_stage(run: _Run, requests: list[EditRequest], key: str) -> WeightPatch:
     def compute(path: Path) -> None:
         editor = build_editor(config.editor.name, editor_hparams(config) or None, preset=config.editor.preset)
         patch = editor.edit(base.model, base.tokenizer, requests, stats=StatsStore(run.store.stats_root),
-                            seed=config.editor.seed, fingerprint=base.fingerprint)
+                            seed=config.editor.seed, fingerprint=base.fingerprint,
+                            targets=TargetStore(run.store.targets_root))
         patch.save(path / "patch")
 
     path = run.stage("edit", "patches", key, compute)

@@ -49,3 +49,8 @@ class ArtifactStore:
     @property
     def stats_root(self) -> Path:
         return self.root / "stats"
+
+    @property
+    def targets_root(self) -> Path:
+        """Target values shared by the editors of one (model, requests, seed) (editing/target_store.py)."""
+        return self.root / "targets"

@@ -37,29 +37,56 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     return [*written, out / "README.md"]
 
 
-def demo_table(runs_dir: str | Path) -> str:
-    """One line per run and set: ES/PS/NS of every model group and the decay between Med and Med_ft.
+GROUP_ORDER = ("M", "Med", "Mft", "Med_ft")
 
-    For the control set (unedited known facts) the ES column is the share of facts whose true answer is
-    still preferred (`knows_true`), so edit decay can be read beside general forgetting.
+
+def demo_table(runs_dir: str | Path) -> str:
+    """Two compact tables, one row per (editor, fine-tuning):
+
+    - edit decay: ES/PS/NS (%) of every model group, the efficacy margin (mean P(new) - P(true), in points;
+      it shows decay before any edit flips), the ES change from Med to Med_ft (p.p.) and the Edit Flip Ratio;
+    - side effects: the share of unedited control facts each group still knows, and downstream accuracy.
     """
     con = connect(runs_dir)
-    table = con.execute("""
+    metrics = con.execute("""
         SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune, m."set", m."group",
-               -- control facts are never edited: their headline is whether the true answer is still preferred
-               round(CASE WHEN m."set" = 'control' THEN m.knows_true ELSE m.es END, 1) AS ES,
-               round(CASE WHEN m."set" = 'control' THEN NULL ELSE m.ps END, 1) AS PS,
-               round(CASE WHEN m."set" = 'control' THEN NULL ELSE m.ns END, 1) AS NS
-        FROM metrics m JOIN run r USING (run_id) ORDER BY ALL""").df()
-    wide = table.pivot_table(index=["editor", "finetune", "set"], columns="group", values=["ES", "PS", "NS"])
-    wide.columns = [f"{metric}({group})" for metric, group in wide.columns]
-    order = [f"{m}({g})" for m in ("ES", "PS", "NS") for g in ("M", "Med", "Mft", "Med_ft")]
-    wide = wide[[c for c in order if c in wide.columns]].reset_index()
+               m.es, m.ps, m.ns, m.es_magnitude, m.knows_true, m.downstream_avg
+        FROM metrics m JOIN run r USING (run_id)""").df()
+    keys = ["editor", "finetune"]
+    # M and Mft never saw the edits: their PS/NS/margin add width, not information, to this summary.
+    edited = ("Med", "Med_ft")
+    edits = _by_group(metrics[metrics["set"] == "edits"], keys,
+                      {"ES": ("es", GROUP_ORDER), "PS": ("ps", edited), "NS": ("ns", edited),
+                       "margin": ("es_magnitude", edited)})
     decay = con.execute("""
-        SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune, 'edits' AS "set",
-               round(d.delta_es_pp, 1) AS "ΔES", round(100 * d.efr, 1) AS "EFR%"
+        SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune,
+               d.delta_es_pp AS "ΔES", 100 * d.efr AS "EFR%", d.flips || '/' || d.successes_after_edit AS flips
         FROM decay d JOIN run r USING (run_id)""").df()
-    return wide.merge(decay, how="left", on=["editor", "finetune", "set"]).to_markdown(index=False)
+    edits = edits.merge(decay, how="left", on=keys)
+    control = _by_group(metrics[metrics["set"] == "control"], keys, {"known": ("knows_true", GROUP_ORDER)})
+    downstream = _by_group(metrics[metrics["set"] == "edits"], keys, {"downstream": ("downstream_avg", GROUP_ORDER)})
+    side = control.merge(downstream, how="outer", on=keys) if not control.empty else downstream
+    parts = ["Edit decay (edit set, %; margin = mean P(new) - P(true) in points):",
+             edits.round(1).to_markdown(index=False, missingval="-")]
+    if len(side.columns) > len(keys):
+        parts += ["", "Side effects (known = unedited control facts still preferred, %; "
+                  "downstream = task accuracy, %):",
+                  side.round(1).to_markdown(index=False, missingval="-")]
+    return "\n".join(parts)
+
+
+def _by_group(frame: pd.DataFrame, keys: list[str], columns: dict[str, tuple[str, tuple[str, ...]]]
+              ) -> pd.DataFrame:
+    """Wide table: a `label(group)` column per metric (label -> (column, groups)) and model group."""
+    if frame.empty:
+        return pd.DataFrame(columns=keys)
+    wide = frame.pivot_table(index=keys, columns="group", values=[c for c, _ in columns.values()])
+    out = wide.index.to_frame(index=False)
+    for label, (column, groups) in columns.items():
+        for group in groups:
+            if (column, group) in wide.columns and wide[(column, group)].notna().any():
+                out[f"{label}({group})"] = wide[(column, group)].to_numpy()
+    return out
 
 
 def format_run_summary(run_dir: str | Path) -> str:

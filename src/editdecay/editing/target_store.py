@@ -1,0 +1,85 @@
+"""Disk cache of optimised target values z (ALGORITHMS §1.3), so MEMIT and AlphaEdit share them.
+
+The target optimisation only reads the model, the requests, the context templates and the target settings;
+MEMIT and AlphaEdit run the same optimisation on the same unedited model, so a grid over both editors needs
+it once. Only batches edited on the unmodified base model are cached (later sequential batches see a model
+that earlier batches changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from editdecay.data import EditRequest
+from editdecay.editing.targets import TargetResult, TargetSettings
+from editdecay.storage import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    """Everything a batch's target values depend on."""
+
+    fingerprint: str  # of the model the targets were optimised on
+    requests: str  # digest of the requests' subjects, prompts and new targets, in order
+    contexts: str  # digest of the context templates
+    settings: str  # TargetSettings as JSON
+    batch_size: int  # requests optimised together (results agree only within float tolerance across sizes)
+
+    @classmethod
+    def of(cls, fingerprint: str, requests: Sequence[EditRequest], contexts: Sequence[str],
+           settings: TargetSettings, batch_size: int) -> TargetKey:
+        content = [[r.case_id, r.subject, r.template, r.target_new] for r in requests]
+        return cls(fingerprint, _digest(content), _digest(list(contexts)),
+                   json.dumps(asdict(settings), sort_keys=True), batch_size)
+
+    def relative_path(self) -> Path:
+        return Path(self.fingerprint) / f"{_digest(asdict(self))[:24]}.safetensors"
+
+
+class TargetStore:
+    """Target values under `root`, keyed by `TargetKey` (checked again on load)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def get(self, key: TargetKey, compute: Callable[[], TargetResult]) -> TargetResult:
+        path = self.root / key.relative_path()
+        cached = self._load(path, key)
+        if cached is not None:
+            log.info("Reusing target values from %s", path)
+            return cached
+        result = compute()
+        diagnostics = {"steps": result.steps, "final_loss": result.final_loss, "final_nll": result.final_nll,
+                       "seconds": result.seconds, "optimisation_steps": result.optimisation_steps,
+                       "modes": result.modes}
+        meta = {"key": json.dumps(asdict(key)), "diagnostics": json.dumps(diagnostics)}
+        tensors = {"z": result.z.contiguous(), "z_init": result.z_init.contiguous()}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+        return result
+
+    @staticmethod
+    def _load(path: Path, key: TargetKey) -> TargetResult | None:
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if json.loads(meta.get("key", "{}")) != asdict(key):
+            log.warning("Ignoring %s: it was stored for other inputs", path)
+            return None
+        tensors, info = load_file(str(path)), json.loads(meta["diagnostics"])
+        return TargetResult(tensors["z"], tensors["z_init"], info["steps"], info["final_loss"], info["final_nll"],
+                            info["seconds"], info["optimisation_steps"], info["modes"])
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
