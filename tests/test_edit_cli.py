@@ -71,3 +71,18 @@ def test_bad_input_is_reported_without_a_traceback(tmp_path, tiny_dir, edits_fil
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_stats_defaults_are_the_statistics_edit_uses(tmp_path, tiny_dir, edits_file) -> None:
+    """Without --layers/--tokens/--max-length, `stats` computes exactly what `edit` then loads."""
+    corpus, stats_dir = write_corpus(tmp_path, documents=150), tmp_path / "stats"
+    stats = CliRunner().invoke(app, ["stats", "--model", str(tiny_dir), "--corpus", str(corpus),
+                                     "--stats-dir", str(stats_dir)])
+    assert stats.exit_code == 0, stats.output
+    computed = sorted(stats_dir.rglob("*.safetensors"))
+    assert computed
+    edit = CliRunner().invoke(app, ["edit", "--model", str(tiny_dir), "--dataset", str(edits_file), "--n", "2",
+                                    "--out", str(tmp_path / "out"), "--corpus", str(corpus),
+                                    "--stats-dir", str(stats_dir), "--set", "v_num_grad_steps=2"])
+    assert edit.exit_code == 0, edit.output
+    assert sorted(stats_dir.rglob("*.safetensors")) == computed  # every statistic the edit needed was cached

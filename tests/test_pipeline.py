@@ -35,6 +35,11 @@ def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Pa
     metrics = pd.read_parquet(first.run_dir / "metrics.parquet")
     assert set(metrics["group"]) == set(GROUPS)
     assert metrics[["es", "ps", "ns"]].notna().all().all()
+    # Locality against M (the toolkit variant): M agrees with itself everywhere, the others in [0, 100].
+    agreement = metrics.set_index("group")["ns_agreement"]
+    assert agreement["M"] == 100.0 and agreement.between(0, 100).all()
+    per_edit = pd.read_parquet(first.run_dir / "edits_per_edit.parquet")
+    assert (per_edit.loc[per_edit["group"] == "M", "ns_agreement"] == 1.0).all()
 
     # Same config again: the run directory is complete, nothing runs.
     assert run_experiment(config, store, runs).executed == []

@@ -72,6 +72,8 @@ def test_table1_es_before_after_per_method(runs: Path) -> None:
     assert table.loc["memit", "dora es_after"] == 60.0
     assert table.loc["alphaedit", "lora es_after"] == 45.0
     assert pd.isna(table.loc["alphaedit", "dora es_after"])
+    assert [c for c in table.columns if " es_" in c] == ["dora es_before", "dora es_after", "lora es_before",
+                                                          "lora es_after"]
 
 
 def test_table2_decrease_rate_with_averages(runs: Path) -> None:

@@ -54,27 +54,32 @@ def _stats_root(stats_dir: Path | None) -> Path:
 @app.command("stats")
 def stats_command(
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
-    layers: str = typer.Option(None, "--layers", help="Block indices (4,5,6 or 4-8); default: the edit layers."),
-    corpus: str = typer.Option("model-sampled", "--corpus",
-                               help="model-sampled, a text/JSONL/WikiExtractor file or directory, or hf:NAME."),
-    tokens: int = typer.Option(20_000, "--tokens", min=1, help="Sample size in tokens."),
-    dtype: str = typer.Option("float32", "--dtype", help="Accumulation dtype: float32 or float64."),
-    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens kept per document."),
+    layers: str = typer.Option(None, "--layers", help="Block indices (4,5,6 or 4-8); default: the editor preset's."),
+    corpus: str = typer.Option(None, "--corpus", help="model-sampled, a text/JSONL/WikiExtractor file or directory, "
+                               "or hf:NAME; default: the editor preset's."),
+    tokens: int = typer.Option(None, "--tokens", min=1, help="Sample size in tokens; default: the editor preset's."),
+    dtype: str = typer.Option(None, "--dtype", help="Accumulation dtype: float32 or float64; default: the preset's."),
+    max_length: int = typer.Option(None, "--max-length", min=1, help="Tokens kept per document; default: the "
+                                   "preset's."),
     stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
 ) -> None:
-    """Collect (or load from the cache) E[k k^T] for every requested layer in one pass over the corpus."""
+    """Collect (or load from the cache) E[k k^T] for every requested layer in one pass over the corpus.
+
+    Unset options take the values `editdecay edit` will use for this model (its MEMIT preset), so the
+    statistics computed here are the ones the edit reuses."""
     import torch
 
-    from editdecay.editing import StatisticError, StatsStore
-    from editdecay.models import default_edit_layers
+    from editdecay.editing import StatisticError, StatsStore, build_editor
 
     loaded = _load(model, threads)
-    chosen = _layers(layers) or list(default_edit_layers(loaded.model))
+    preset = build_editor("memit").resolved_hparams(loaded.model)
+    chosen = _layers(layers) or list(preset.layers)
     store = StatsStore(_stats_root(stats_dir))
     try:
-        found = store.get_layer_stats(loaded.model, loaded.tokenizer, chosen, corpus=corpus, n_tokens=tokens,
-                                      dtype=dtype, fingerprint=loaded.fingerprint, max_length=max_length)
+        found = store.get_layer_stats(loaded.model, loaded.tokenizer, chosen, corpus=corpus or preset.mom2_dataset,
+                                      n_tokens=tokens or preset.mom2_n_tokens, dtype=dtype or preset.mom2_dtype,
+                                      fingerprint=loaded.fingerprint, max_length=max_length or preset.mom2_max_length)
     except (ValueError, FileNotFoundError, StatisticError, RuntimeError) as err:
         raise typer.BadParameter(str(err)) from err
     for layer, stats in sorted(found.items()):

@@ -18,6 +18,7 @@ from editdecay.evaluation import (
     edit_metrics,
     evaluate_tasks,
     load_task,
+    neighborhood_agreement,
     outcome_classes,
     probe_prompts,
     score_edits,
@@ -134,7 +135,14 @@ def activation_stage(run: _Run, requests: list[EditRequest], key: str, edit_laye
 
 
 def _per_edit(tables: dict[str, dict[str, pd.DataFrame]], name: str) -> dict[str, pd.DataFrame]:
-    return {group: edit_metrics(tables[group][name]) for group in GROUPS if name in tables[group]}
+    """Per-edit metrics of every group, with `ns_agreement`: locality as agreement with M's neighborhood
+    predictions (the toolkit variant, named apart from the published NS; 100% for M itself)."""
+    per_edit = {group: edit_metrics(tables[group][name]) for group in GROUPS if name in tables[group]}
+    if "M" in per_edit:
+        for group in per_edit:
+            agreement = neighborhood_agreement(tables["M"][name], tables[group][name])
+            per_edit[group] = per_edit[group].merge(agreement, on="case_id", how="left")
+    return per_edit
 
 
 def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables: dict[str, dict[str, pd.DataFrame]],

@@ -104,8 +104,11 @@ def _wide(long: pd.DataFrame, values: list[str]) -> pd.DataFrame:
     if long.empty:
         return long
     table = long.pivot_table(index=CONFIG_COLUMNS, columns="ft_method", values=values)
+    # Grouped by method, the values in the order given (before, then after).
+    ordered = sorted(table.columns, key=lambda c: (c[1], values.index(c[0])))
+    table = table[ordered]
     table.columns = [f"{method} {value}" for value, method in table.columns]
-    return table[sorted(table.columns)].reset_index()
+    return table.reset_index()
 
 
 TABLES = {
