@@ -178,7 +178,9 @@ def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables:
             outcomes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit["M"])
             outcomes = outcomes.merge(_request_frame(requests), on="case_id", how="left")
             _write_parquet(run_dir / "outcomes.parquet", _with_run_id(outcomes, run_id))
-            _write_parquet(run_dir / "decay.parquet", pd.DataFrame([{"run_id": run_id, **_flat(decay)}]))
+            # Per-group metrics are in metrics.parquet and definitions in summary.json: keep the decay numbers.
+            scalars = {k: v for k, v in decay.items() if k not in ("groups", "metric_definitions")}
+            _write_parquet(run_dir / "decay.parquet", pd.DataFrame([{"run_id": run_id, **_flat(scalars)}]))
 
     downstream = [with_group(tables[g]["downstream"], g) for g in GROUPS if "downstream" in tables[g]]
     if downstream:
