@@ -22,8 +22,8 @@ import torch
 from editdecay.data import load_edit_requests
 from editdecay.data.tasks import BUILTIN_TASK, STUDY_TASKS, task_available
 from editdecay.evaluation import evaluate_tasks, score_edits
-from editdecay.evaluation.batching import continuation_text, encode, pad_id_of
-from editdecay.models import load_model
+from editdecay.evaluation.batching import continuation_text, encode
+from editdecay.models import load_model, pad_id_of
 
 SHARED = Path(os.environ.get("EDITDECAY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from editdecay.models import eos_ids_of
+
 log = logging.getLogger(__name__)
 
 MODEL_SAMPLED = "model-sampled"
@@ -163,7 +165,7 @@ def sample_sequences(
     log.info("Statistics corpus: sampling %d sequences x %d tokens from the model itself (seed %d)",
              n_sequences, length, seed)
     device = next(model.parameters()).device
-    banned = torch.tensor(sorted(_end_tokens(model, tokenizer)), dtype=torch.long, device=device)
+    banned = torch.tensor(sorted(eos_ids_of(tokenizer, model)), dtype=torch.long, device=device)
     sequences: list[torch.Tensor] = []
     with torch.no_grad(), tqdm(total=n_sequences * length, desc="sampling corpus", unit="tok",
                                unit_scale=True) as bar:
@@ -184,10 +186,3 @@ def sample_sequences(
             sequences.extend(ids.cpu())
     return sequences
 
-
-def _end_tokens(model: nn.Module, tokenizer) -> set[int]:
-    """Every token id that would end a sequence: the tokenizer's EOS and the generation config's."""
-    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ends.update([configured] if isinstance(configured, int) else configured or [])
-    return ends

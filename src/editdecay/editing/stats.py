@@ -9,7 +9,6 @@ used for another.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -18,16 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
 from editdecay.editing.corpus import Corpus, SampledCorpus, TextCorpus, open_corpus, sample_sequences
+from editdecay.editing.keyed_tensors import read_keyed_tensors, write_keyed_tensors
 from editdecay.editing.subject import pad_right
 from editdecay.models import arch_for, check_layers, mlp_out, model_fingerprint
 from editdecay.models.hooks import record, run_until
-from editdecay.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -247,23 +244,18 @@ class StatsStore:
         return self.root / key.relative_path()
 
     def _load(self, key: StatsKey) -> LayerStats | None:
-        path = self.path(key)
-        if not path.is_file():
+        found = read_keyed_tensors(self.path(key), asdict(key))
+        if found is None:
             return None
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        stored = json.loads(meta.get("key", "{}"))
-        if stored != asdict(key):
-            log.warning("Ignoring %s: it was stored for %s, not %s", path, stored, asdict(key))
-            return None
-        moment = load_file(str(path))["moment"]
-        log.info("Loaded cached statistic of layer %d from %s", key.layer, path)
-        return LayerStats(key, moment, int(meta["n_tokens"]), int(meta["n_documents"]), float(meta["seconds"]))
+        tensors, meta = found
+        log.info("Loaded cached statistic of layer %d from %s", key.layer, self.path(key))
+        return LayerStats(key, tensors["moment"], int(meta["n_tokens"]), int(meta["n_documents"]),
+                          float(meta["seconds"]))
 
     def _save(self, stats: LayerStats) -> None:
-        meta = {"key": json.dumps(asdict(stats.key)), "n_tokens": str(stats.n_tokens),
-                "n_documents": str(stats.n_documents), "seconds": str(stats.seconds)}
-        atomic_write_bytes(self.path(stats.key), save({"moment": stats.moment.contiguous()}, metadata=meta))
+        write_keyed_tensors(self.path(stats.key), {"moment": stats.moment}, asdict(stats.key),
+                            n_tokens=str(stats.n_tokens), n_documents=str(stats.n_documents),
+                            seconds=str(stats.seconds))
 
     def _sampled(
         self, model: nn.Module, tokenizer, source: SampledCorpus, n_tokens: int, length: int, fingerprint: str
@@ -271,12 +263,11 @@ class StatsStore:
         """Sampled token sequences, cached next to the statistics (sampling is the expensive part)."""
         name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", source.corpus_id)
         path = self.root / fingerprint / f"sampled-{name}-n{n_tokens}-len{length}.safetensors"
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            if meta.get("fingerprint") == fingerprint:
-                return list(load_file(str(path))["ids"])
+        key = {"fingerprint": fingerprint, "corpus_id": source.corpus_id, "n_tokens": n_tokens, "length": length}
+        found = read_keyed_tensors(path, key)
+        if found is not None:
+            return list(found[0]["ids"])
         sequences = sample_sequences(model, tokenizer, n_tokens, length=length, seed=source.seed)
-        atomic_write_bytes(path, save({"ids": torch.stack(sequences)}, metadata={"fingerprint": fingerprint}))
+        write_keyed_tensors(path, {"ids": torch.stack(sequences)}, key)
         return sequences
 

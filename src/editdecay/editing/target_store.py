@@ -12,15 +12,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save
-
 from editdecay.data import EditRequest
+from editdecay.editing.keyed_tensors import read_keyed_tensors, write_keyed_tensors
 from editdecay.editing.targets import TargetResult, TargetSettings
-from editdecay.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +51,16 @@ class TargetStore:
 
     def get(self, key: TargetKey, compute: Callable[[], TargetResult]) -> TargetResult:
         path = self.root / key.relative_path()
-        cached = self._load(path, key)
-        if cached is not None:
+        found = read_keyed_tensors(path, asdict(key))
+        if found is not None:
             log.info("Reusing target values from %s", path)
-            return cached
+            tensors, meta = found
+            return TargetResult(tensors["z"], tensors["z_init"], **json.loads(meta["diagnostics"]))
         result = compute()
-        diagnostics = {"steps": result.steps, "final_loss": result.final_loss, "final_nll": result.final_nll,
-                       "seconds": result.seconds, "optimisation_steps": result.optimisation_steps,
-                       "modes": result.modes}
-        meta = {"key": json.dumps(asdict(key)), "diagnostics": json.dumps(diagnostics)}
-        tensors = {"z": result.z.contiguous(), "z_init": result.z_init.contiguous()}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        diagnostics = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("z", "z_init")}
+        write_keyed_tensors(path, {"z": result.z, "z_init": result.z_init}, asdict(key),
+                            diagnostics=json.dumps(diagnostics))
         return result
-
-    @staticmethod
-    def _load(path: Path, key: TargetKey) -> TargetResult | None:
-        if not path.is_file():
-            return None
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        if json.loads(meta.get("key", "{}")) != asdict(key):
-            log.warning("Ignoring %s: it was stored for other inputs", path)
-            return None
-        tensors, info = load_file(str(path)), json.loads(meta["diagnostics"])
-        return TargetResult(tensors["z"], tensors["z_init"], info["steps"], info["final_loss"], info["final_nll"],
-                            info["seconds"], info["optimisation_steps"], info["modes"])
 
 
 def _digest(value: object) -> str:

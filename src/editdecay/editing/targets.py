@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from editdecay.data import EditRequest
-from editdecay.editing.subject import essence_tokens, pad_id, pad_right, prompt_tokens, target_ids
-from editdecay.models import arch_for, block, final_norm, num_blocks, unembedding
+from editdecay.editing.subject import essence_tokens, pad_right, prompt_tokens, target_ids
+from editdecay.models import arch_for, block, final_norm, num_blocks, pad_id_of, unembedding
 from editdecay.models.hooks import hidden_of, record, replace_hidden, run_until
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]
         owner.append(r_index)
         subject_index.append(essence.subject_index)
         is_essence.append(True)
-    pad = pad_id(tokenizer)
+    pad = pad_id_of(tokenizer)
     input_ids, mask = pad_right(sequences, pad)
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
     return _Batch(input_ids, mask.sum(dim=1), as_long(owner), as_long(subject_index), torch.tensor(is_essence),

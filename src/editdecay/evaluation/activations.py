@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from editdecay.data import EditRequest
 from editdecay.data.tasks import TaskItem, alpaca_prompt
-from editdecay.evaluation.batching import inference, pad_batch, pad_id_of, special_prefix
-from editdecay.models import arch_for, get_module, num_blocks
+from editdecay.evaluation.batching import inference, pad_batch, special_prefix
+from editdecay.models import arch_for, get_module, num_blocks, pad_id_of
 from editdecay.models.hooks import hidden_of
 
 EPS = 1e-8

@@ -24,11 +24,10 @@ from editdecay.data.tasks import TaskItem, alpaca_prompt, load_task, task_spec
 from editdecay.evaluation.batching import (
     beam_generate,
     encode,
-    eos_ids_of,
     greedy_generate,
-    pad_id_of,
     score_continuations,
 )
+from editdecay.models import eos_ids_of, pad_id_of
 
 Mode = Literal["generate", "loglik"]
 LoglikTarget = Literal["cloze", "label"]

@@ -19,10 +19,10 @@ from editdecay.evaluation.batching import (
     continuation_text,
     encode,
     greedy_generate,
-    pad_id_of,
     score_continuations,
 )
 from editdecay.evaluation.edit_metrics import success_flags
+from editdecay.models import pad_id_of
 
 KINDS = ("rewrite", "paraphrase", "neighborhood")
 

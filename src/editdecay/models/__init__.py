@@ -28,6 +28,7 @@ from editdecay.models.loading import (
     default_cache_dir,
     load_model,
 )
+from editdecay.models.tokens import eos_ids_of, pad_id_of
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -46,12 +47,14 @@ __all__ = [
     "default_edit_layers",
     "edit_matrix",
     "embeddings_tied",
+    "eos_ids_of",
     "final_norm",
     "get_module",
     "load_model",
     "mlp_out",
     "model_fingerprint",
     "num_blocks",
+    "pad_id_of",
     "register_arch",
     "supported_model_types",
     "unembedding",
