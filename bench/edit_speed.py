@@ -2,8 +2,9 @@
 
 Jobs run one after another, each in its own subprocess (peak RSS is a per-process high-water mark):
   stats      fresh second-moment statistics for the edit layers (one pass, all layers), tokens/s
-  targets    target optimisation on a subset: batched vs one request at a time (same math, same z), and
-             one at a time without the prefix cache (the reference's cost structure)
+  targets    target optimisation on a subset: batched vs one request at a time (same math, same z), one
+             at a time without the prefix cache (the reference's cost structure), and batched with the
+             steps in float32 instead of the preset's v_dtype (what bfloat16 saves, and how far z moves)
   memit      the full n-request MEMIT edit (statistics from the stats job), time split, ES/PS/NS
   alphaedit  the same with AlphaEdit
 Wall seconds depend on what else runs on the machine; CPU seconds (with --threads 1: single-core time)
@@ -17,6 +18,7 @@ issue 3 (EasyEdit on the same CPU, 20 CounterFact records).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -59,7 +61,7 @@ def child(args: argparse.Namespace) -> None:
 
     from editdecay.editing import StatsStore, build_editor
     from editdecay.editing.context import sample_context_templates
-    from editdecay.editing.targets import TargetSettings, compute_targets
+    from editdecay.editing.targets import compute_targets
     from editdecay.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -80,19 +82,20 @@ def child(args: argparse.Namespace) -> None:
         requests = _requests(args.subset)
         hp = build_editor("memit").resolved_hparams(loaded.model)
         contexts = sample_context_templates(loaded.model, loaded.tokenizer, seed=0)
-        settings = TargetSettings(z_layer=hp.layers[-1], steps=hp.v_num_grad_steps, lr=hp.v_lr,
-                                  weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
-                                  kl_factor=hp.kl_factor)
+        settings = hp.target_settings()
+        float32 = dataclasses.replace(settings, compute_dtype=None)
         runs = {}
-        for name, size, mode in (("batched", len(requests), "auto"), ("one_at_a_time", 1, "auto"),
-                                 ("one_at_a_time_no_prefix_cache", 1, "full")):
+        for name, size, mode, chosen in (("batched", len(requests), "auto", settings),
+                                         ("one_at_a_time", 1, "auto", settings),
+                                         ("one_at_a_time_no_prefix_cache", 1, "full", settings),
+                                         ("batched_float32_steps", len(requests), "auto", float32)):
             wall, cpu = time.perf_counter(), _cpu()
-            result = compute_targets(loaded.model, loaded.tokenizer, requests, contexts, settings, batch_size=size,
+            result = compute_targets(loaded.model, loaded.tokenizer, requests, contexts, chosen, batch_size=size,
                                      mode=mode, progress=False)
             runs[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu, "z": result.z,
                           "steps": sum(result.steps) / len(requests)}
         base = runs["batched"]["z"]
-        out["subset"] = len(requests)
+        out.update(subset=len(requests), v_dtype=settings.compute_dtype)
         for name, run in runs.items():
             z = run.pop("z")
             run["max_abs_z_diff_vs_batched"] = float((z - base).abs().max())
@@ -138,9 +141,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     ours_per_token_layer = stats["wall_s"] / (args.tokens * len(stats["layers"]))
     print(f"  per token and layer: ours {1e6 * ours_per_token_layer:.1f} us, "
           f"peer {1e6 * peer_per_token_layer:.1f} us -> {peer_per_token_layer / ours_per_token_layer:.1f}x")
-    print(f"target optimisation on {targets['subset']} requests:")
+    print(f"target optimisation on {targets['subset']} requests (steps in {targets['v_dtype'] or 'float32'}):")
     batched = targets["batched"]
-    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache"):
+    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache", "batched_float32_steps"):
         run = targets[name]
         print(f"  {name:32s} {run['wall_s']:7.1f} s wall {run['cpu_s']:7.1f} CPU s "
               f"({run['cpu_s'] / targets['subset']:.2f} CPU s/request, {run['steps']:.1f} steps) "

@@ -10,6 +10,7 @@ import torch
 import test_edit_support
 from editdecay.editing import AlphaEditEditor, AlphaEditState, StatsStore, alphaedit_delta, build_editor
 from editdecay.editing import nullspace_projector as projector_of
+from editdecay.editing.keys import compute_keys
 from editdecay.models import arch_for
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_model, tiny_tokenizer
@@ -102,6 +103,15 @@ def test_sequential_batches_accumulate_the_key_cache_and_state_round_trips(tmp_p
         cache = state.cache[layer]
         torch.testing.assert_close(cache, cache.T)
         assert torch.linalg.matrix_rank(cache) == 5  # one averaged key per edited request
+    # The cache holds each batch's keys on the model as edited by then (ALGORITHMS §2): after one batch,
+    # exactly K K^T of the keys recomputed on the patched model.
+    first_patch, first_state = editor.edit_sequential(model, tok, capital_requests(2), stats=store)
+    edited = tiny_model("llama")
+    first_patch.apply(edited)
+    recomputed = compute_keys(edited, tok, capital_requests(2), first_patch.manifest["context_templates"], [1, 2])
+    for layer in (1, 2):
+        k = recomputed.keys[layer].double()
+        torch.testing.assert_close(first_state.cache[layer], k.T @ k, rtol=1e-5, atol=1e-6)
     state.save(tmp_path / "state")
     loaded = AlphaEditState.load(tmp_path / "state")
     assert (loaded.layers, loaded.n_edits, loaded.n_batches) == (state.layers, 5, 3)

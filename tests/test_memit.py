@@ -25,7 +25,8 @@ from editdecay.editing import (
 from editdecay.editing.hparams import preset_for_model
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
-from editdecay.editing.targets import TargetSettings, _adam_step, compute_targets
+from editdecay.editing.keys import compute_keys
+from editdecay.editing.targets import TargetSettings, _adam_step, _buckets, compute_targets
 from editdecay.models import arch_for, mlp_out
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_config, tiny_model, tiny_tokenizer
@@ -74,6 +75,56 @@ def test_batched_targets_equal_one_at_a_time(arch: str) -> None:
     torch.testing.assert_close(batched.z, single.z, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(batched.z, full.z, rtol=1e-9, atol=1e-9)
     assert batched.steps == single.steps == full.steps
+
+
+def test_buckets_minimise_padded_tokens_plus_a_cost_per_bucket() -> None:
+    counts = torch.tensor([1] * 16 + [2] * 24 + [4] * 24 + [5] * 24 + [6] * 24)
+    widths = lambda overhead: [(w, len(m)) for m, w in _buckets(counts, overhead)]  # noqa: E731
+    # 672 tokens padded to 6 in one bucket; {1,2} + {4,5,6}: 80 + 432; every count apart: 424 + 4 overheads.
+    assert widths(10_000) == [(6, 112)]
+    assert widths(64) == [(2, 40), (6, 72)]
+    assert widths(0) == [(1, 16), (2, 24), (4, 24), (5, 24), (6, 24)]
+    members = torch.cat([m for m, _ in _buckets(counts, 64)])
+    assert sorted(members.tolist()) == list(range(len(counts)))
+
+
+def test_bfloat16_steps_approximate_float32_targets_without_touching_the_model() -> None:
+    model = tiny_model("llama")
+    before = state_of(model)
+    contexts = ["{}", "The weather is nice. {}"]
+    exact = compute_targets(model, tiny_tokenizer(add_bos=True), capital_requests(4), contexts,
+                            TargetSettings(z_layer=2, steps=6), progress=False)
+    low = compute_targets(model, tiny_tokenizer(add_bos=True), capital_requests(4), contexts,
+                          TargetSettings(z_layer=2, steps=6, compute_dtype="bfloat16"), progress=False)
+    assert same_state(before, state_of(model)) and next(model.parameters()).dtype == torch.float32
+    assert low.z.dtype == torch.float32 and torch.equal(low.z_init, exact.z_init)  # z_init: float32 pass
+    moved = (exact.z - exact.z_init).norm()
+    assert 0 < (low.z - exact.z).norm() < 0.1 * moved
+    with pytest.raises(ValueError, match="not a floating-point"):
+        compute_targets(model, tiny_tokenizer(), capital_requests(1), contexts,
+                        TargetSettings(z_layer=2, steps=1, compute_dtype="int8"), progress=False)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keys_resumed_at_an_unchanged_block_equal_a_full_pass(arch: str) -> None:
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=arch == "llama")
+    requests, contexts = capital_requests(5), ["{}", "The weather is nice. {}"]
+    first = compute_keys(model, tok, requests, contexts, [1], z_layer=3, keep_inputs_of=1)
+    with torch.no_grad():  # the edit of layer 1 changes what blocks 1.. compute, not their inputs
+        mlp_out(model, 1).weight.add_(0.5 * torch.randn_like(mlp_out(model, 1).weight))
+    resumed = compute_keys(model, tok, requests, contexts, [2], z_layer=3, resume=first.inputs, keep_inputs_of=2)
+    full = compute_keys(model, tok, requests, contexts, [2], z_layer=3, keep_inputs_of=2)
+    assert not torch.allclose(resumed.z_current, first.z_current)
+    torch.testing.assert_close(resumed.keys[2], full.keys[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(resumed.z_current, full.z_current, rtol=1e-12, atol=1e-12)
+    assert resumed.inputs is not None and full.inputs is not None
+    for a, b in zip(resumed.inputs.hidden, full.inputs.hidden, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Cannot read layer 1"):
+        compute_keys(model, tok, requests, contexts, [1], z_layer=3, resume=resumed.inputs)
+    with pytest.raises(ValueError, match="same requests and contexts"):
+        compute_keys(model, tok, requests[:1], contexts[:1], [2], z_layer=3, resume=first.inputs)
 
 
 def test_row_wise_adam_matches_torch_adam_and_frozen_rows_stay() -> None:

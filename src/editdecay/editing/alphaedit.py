@@ -20,7 +20,6 @@ from torch import nn
 from editdecay.data import EditRequest
 from editdecay.editing.editor import EditRun, LocateEditor
 from editdecay.editing.hparams import AlphaEditHyperParams
-from editdecay.editing.keys import compute_keys
 from editdecay.editing.patch import WeightPatch
 from editdecay.editing.solve import Projector, alphaedit_delta, nullspace_projector
 from editdecay.editing.stats import StatsStore
@@ -113,14 +112,13 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
         return alphaedit_delta(residual, keys, prepared[layer].P.to(keys.device), previous.to(keys.device), hp.L2,
                                layer=layer)
 
-    def _after_batch(self, model: nn.Module, tokenizer, batch: list[EditRequest], hp: AlphaEditHyperParams,
-                     run: EditRun, state: AlphaEditState) -> AlphaEditState:
-        # Keys of this batch on the edited model join the preserved set (one pass for every layer).
-        keys = compute_keys(model, tokenizer, batch, run.contexts, hp.layers).keys
-        for layer in hp.layers:
-            k = keys[layer].double()
+    def _after_batch(self, edited_keys: dict[int, torch.Tensor], n_requests: int,
+                     state: AlphaEditState) -> AlphaEditState:
+        # The batch's keys on the edited model join the preserved set (ALGORITHMS §2, sequential memory).
+        for layer, keys in edited_keys.items():
+            k = keys.double()
             product = k.T @ k
             state.cache[layer] = state.cache.get(layer, torch.zeros_like(product)) + product
-        state.n_edits += len(batch)
+        state.n_edits += n_requests
         state.n_batches += 1
         return state

@@ -31,13 +31,13 @@ from editdecay.editing.hparams import (
     preset_values,
     read_hparams_file,
 )
-from editdecay.editing.keys import compute_keys
+from editdecay.editing.keys import BlockInputs, compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
 from editdecay.editing.target_store import TargetKey, TargetStore
-from editdecay.editing.targets import TargetResult, TargetSettings, compute_targets
+from editdecay.editing.targets import TargetResult, compute_targets
 from editdecay.models import arch_for, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ class LocateEditor(ABC, Generic[HP]):
                     originals: dict[int, torch.Tensor], totals: dict[int, torch.Tensor],
                     transposed: bool) -> Any:
         z_layer = hp.layers[-1]
-        settings = TargetSettings(z_layer=z_layer, steps=hp.v_num_grad_steps, lr=hp.v_lr,
-                                  weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
-                                  kl_factor=hp.kl_factor, early_stop_loss=hp.v_early_stop_loss)
+        settings = hp.target_settings()
         tick = time.perf_counter()
         def optimise() -> TargetResult:
             return compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
@@ -201,11 +199,18 @@ class LocateEditor(ABC, Generic[HP]):
             "requests": len(batch), "target_steps_mean": sum(targets.steps) / len(batch),
             "target_nll_mean": sum(targets.final_nll) / len(batch), "layers": {}}
         device = next(model.parameters()).device
+        # Layer l's keys read here are already those of the edited model: only the layers below it have
+        # changed, and its own update and those above cannot reach them.
+        edited_keys: dict[int, torch.Tensor] = {}
+        inputs: BlockInputs | None = None
         for i, layer in enumerate(hp.layers):
             tick = time.perf_counter()
             norm = post_mlp_norm(model, layer)
+            # Only the previous edit layer changed since the last pass, so this pass starts at its input.
             current = compute_keys(model, tokenizer, batch, run.contexts, [layer], z_layer=z_layer,
-                                   values_at=[layer] if norm is not None else [])
+                                   values_at=[layer] if norm is not None else [], resume=inputs,
+                                   keep_inputs_of=layer if layer > 0 else None)
+            inputs, edited_keys[layer] = current.inputs, current.keys[layer]
             run.time("keys", time.perf_counter() - tick)
             tick = time.perf_counter()
             assert current.z_current is not None
@@ -231,7 +236,7 @@ class LocateEditor(ABC, Generic[HP]):
         record["carried_fraction_mean"] = float((1 - missing / wanted.clamp_min(1e-12)).mean())
         run.time("keys", time.perf_counter() - tick)
         tick = time.perf_counter()
-        state = self._after_batch(model, tokenizer, batch, hp, run, state)
+        state = self._after_batch(edited_keys, len(batch), state)
         run.time("after_batch", time.perf_counter() - tick)
         run.batches.append(record)
         return state
@@ -280,7 +285,7 @@ class LocateEditor(ABC, Generic[HP]):
     def _initial_state(self, hp: HP, state: Any) -> Any:
         return state
 
-    def _after_batch(self, model: nn.Module, tokenizer, batch: list[EditRequest], hp: HP, run: EditRun,
-                     state: Any) -> Any:
+    def _after_batch(self, edited_keys: dict[int, torch.Tensor], n_requests: int, state: Any) -> Any:
+        """Update the sequential state from this batch's keys (layer -> (n, m)) on the edited model."""
         return state
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 from torch import nn
 
+from editdecay.editing.targets import TargetSettings
 from editdecay.models import check_layers, default_edit_layers, num_blocks
 from editdecay.models.arch import known_model
 
@@ -61,6 +62,7 @@ class MemitHyperParams:
     context_template_tokens: int = 10  # length of each sampled prefix
     v_early_stop_loss: float = 0.05
     z_batch_size: int = 16  # requests optimised together (memory/speed knob; does not change the result)
+    v_dtype: str | None = None  # dtype of the target optimisation's passes (e.g. "bfloat16"); None: the model's
     ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
 
     @property
@@ -93,6 +95,15 @@ class MemitHyperParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def target_settings(self) -> TargetSettings:
+        """The target optimisation's settings (z at the last edit layer; `layers` must be resolved)."""
+        if not self.layers:
+            raise ValueError("The edit layers are not resolved yet (use the editor's resolved_hparams).")
+        return TargetSettings(z_layer=self.layers[-1], steps=self.v_num_grad_steps, lr=self.v_lr,
+                              weight_decay=self.v_weight_decay, clamp_norm_factor=self.clamp_norm_factor,
+                              kl_factor=self.kl_factor, early_stop_loss=self.v_early_stop_loss,
+                              compute_dtype=self.v_dtype)
+
     def replace(self: HP, **changes: Any) -> HP:
         merged = {**self.to_dict(), **changes}
         return type(self).from_dict(merged)
@@ -117,6 +128,8 @@ class MemitHyperParams:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or null, got {self.batch_size}")
+        if self.v_dtype not in (None, "float32", "float64", "bfloat16", "float16"):
+            problems.append(f"v_dtype={self.v_dtype!r}: use null, float32, float64, bfloat16 or float16")
         if self.mom2_dtype not in ("float32", "float64"):
             problems.append(f"mom2_dtype={self.mom2_dtype!r}: choose float32 or float64")
         if problems:
@@ -215,7 +228,7 @@ for _published in _PUBLISHED.values():
 _MEASURED: dict[str, dict[str, Any]] = {
     "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
-                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
+                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000, "v_dtype": "bfloat16"},
     "gemma3-270m": {"layers": [3, 4, 5, 6, 7], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 500.0,
                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
@@ -246,13 +259,14 @@ ALPHAEDIT_EXTRA: dict[str, dict[str, Any]] = {name: {"nullspace_threshold": 2e-2
 
 
 def fallback_hparams(model: nn.Module) -> dict[str, Any]:
-    """For models without a preset: the SmolLM2 values with layers from `default_edit_layers` and
-    lambda = m (the MLP width). lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of
-    the published GPT-J (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
+    """For models without a preset: the SmolLM2 values with layers from `default_edit_layers`, lambda = m
+    (the MLP width) and target optimisation in the model's dtype (bfloat16 is validated per preset).
+    lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of the published GPT-J
+    (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
     width = int(getattr(model.config, "intermediate_size", 0) or getattr(model.config, "n_inner", 0)
                 or 4 * model.config.hidden_size)
     return {**_MEASURED["smollm2-135m"], "layers": list(default_edit_layers(model)),
-            "mom2_update_weight": float(width)}
+            "mom2_update_weight": float(width), "v_dtype": None}
 
 
 def preset_for_model(model: nn.Module) -> str | None:

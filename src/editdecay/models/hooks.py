@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Literal
 
 import torch
@@ -144,3 +144,32 @@ def run_until(model: nn.Module, last_module: nn.Module, **inputs: torch.Tensor) 
     """Run a forward pass that ends right after `last_module` (saves the blocks above it)."""
     with stop_after(last_module), suppress(StopForward):
         model(**inputs)
+
+
+@contextmanager
+def replay_block_output(blocks: Sequence[nn.Module], template: torch.Tensor | tuple, hidden: torch.Tensor
+                        ) -> Iterator[None]:
+    """While inside, every block but the last of `blocks` (the model's blocks 0..L) passes its input
+    through and block L returns `hidden` (formatted like its recorded raw output `template`): a forward
+    pass then computes only the embedding and the blocks after L, from a cached block-L output."""
+
+    def passthrough(*args: object, **kwargs: object) -> object:
+        return replace_hidden(template, args[0] if args else kwargs["hidden_states"])  # type: ignore[arg-type]
+
+    def replay(*_args: object, **_kwargs: object) -> object:
+        return replace_hidden(template, hidden)
+
+    with ExitStack() as stack:
+        for module in blocks[:-1]:
+            stack.enter_context(_forward_replaced(module, passthrough))
+        stack.enter_context(_forward_replaced(blocks[-1], replay))
+        yield
+
+
+@contextmanager
+def _forward_replaced(module: nn.Module, forward: Callable[..., object]) -> Iterator[None]:
+    module.forward = forward  # type: ignore[method-assign]  # an instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        del module.forward
