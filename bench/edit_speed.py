@@ -2,9 +2,9 @@
 
 Jobs run one after another, each in its own subprocess (peak RSS is a per-process high-water mark):
   stats      fresh second-moment statistics for the edit layers (one pass, all layers), tokens/s
-  targets    target optimisation on a subset: batched vs one request at a time (same math, same z), one
-             at a time without the prefix cache (the reference's cost structure), and batched with the
-             steps in float32 instead of the preset's v_dtype (what bfloat16 saves, and how far z moves)
+  targets    target optimisation on a subset, steps in float32: batched vs one request at a time (same
+             math, same z) vs one at a time without the prefix cache (the reference's cost structure);
+             then batched in the preset's v_dtype (bfloat16: its speed-up, and how far z moves)
   memit      the full n-request MEMIT edit (statistics from the stats job), time split, ES/PS/NS
   alphaedit  the same with AlphaEdit
 Wall seconds depend on what else runs on the machine; CPU seconds (with --threads 1: single-core time)
@@ -82,20 +82,20 @@ def child(args: argparse.Namespace) -> None:
         requests = _requests(args.subset)
         hp = build_editor("memit").resolved_hparams(loaded.model)
         contexts = sample_context_templates(loaded.model, loaded.tokenizer, seed=0)
-        settings = hp.target_settings()
-        float32 = dataclasses.replace(settings, compute_dtype=None)
+        preset = hp.target_settings()
+        float32 = dataclasses.replace(preset, compute_dtype=None)
         runs = {}
-        for name, size, mode, chosen in (("batched", len(requests), "auto", settings),
-                                         ("one_at_a_time", 1, "auto", settings),
-                                         ("one_at_a_time_no_prefix_cache", 1, "full", settings),
-                                         ("batched_float32_steps", len(requests), "auto", float32)):
+        for name, size, mode, chosen in (("batched", len(requests), "auto", float32),
+                                         ("one_at_a_time", 1, "auto", float32),
+                                         ("one_at_a_time_no_prefix_cache", 1, "full", float32),
+                                         ("batched_preset_dtype", len(requests), "auto", preset)):
             wall, cpu = time.perf_counter(), _cpu()
             result = compute_targets(loaded.model, loaded.tokenizer, requests, contexts, chosen, batch_size=size,
                                      mode=mode, progress=False)
             runs[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu, "z": result.z,
                           "steps": sum(result.steps) / len(requests)}
         base = runs["batched"]["z"]
-        out.update(subset=len(requests), v_dtype=settings.compute_dtype)
+        out.update(subset=len(requests), v_dtype=preset.compute_dtype)
         for name, run in runs.items():
             z = run.pop("z")
             run["max_abs_z_diff_vs_batched"] = float((z - base).abs().max())
@@ -137,17 +137,17 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     print(f"statistics: {stats['wall_s']:.1f} s wall ({stats['cpu_s']:.1f} CPU s) for {len(stats['layers'])} "
           f"layers in one pass: sampling {stats['sampling_s']:.1f} s, pass {stats['pass_s']:.1f} s "
           f"({stats['pass_tokens_per_s']:.0f} tokens/s), {stats['tokens_per_s']:.0f} tokens/s overall")
-    peer_per_token_layer = PEER["stats_s_per_layer_82k"] / 82_000
-    ours_per_token_layer = stats["wall_s"] / (args.tokens * len(stats["layers"]))
-    print(f"  per token and layer: ours {1e6 * ours_per_token_layer:.1f} us, "
-          f"peer {1e6 * peer_per_token_layer:.1f} us -> {peer_per_token_layer / ours_per_token_layer:.1f}x")
-    print(f"target optimisation on {targets['subset']} requests (steps in {targets['v_dtype'] or 'float32'}):")
+    peer_stats = PEER["stats_s_per_layer_82k"] * PEER["stats_layers"]
+    print(f"  vs peer: {stats['wall_s']:.0f} s ({args.tokens} tokens, all layers in one pass) vs {peer_stats:.0f} s "
+          f"(82k tokens, one pass per layer) -> {peer_stats / stats['wall_s']:.1f}x")
+    print(f"target optimisation on {targets['subset']} requests; steps in float32, the last row in the preset's "
+          f"{targets['v_dtype'] or 'float32'} (speed-ups and z differences relative to the first row):")
     batched = targets["batched"]
-    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache", "batched_float32_steps"):
+    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache", "batched_preset_dtype"):
         run = targets[name]
         print(f"  {name:32s} {run['wall_s']:7.1f} s wall {run['cpu_s']:7.1f} CPU s "
               f"({run['cpu_s'] / targets['subset']:.2f} CPU s/request, {run['steps']:.1f} steps) "
-              f"speed-up of batched {run['cpu_s'] / batched['cpu_s']:.2f}x; "
+              f"{run['cpu_s'] / batched['cpu_s']:.2f}x the batched CPU time; "
               f"rel. z diff {run['rel_z_diff_vs_batched']:.1e}")
     for editor in ("memit", "alphaedit"):
         run = results[editor]

@@ -62,7 +62,8 @@ def _bigram() -> tuple[BigramLM, np.ndarray]:
 def test_continuation_scores_exact_on_handmade_logprobs(batch_size: int) -> None:
     model, p = _bigram()
     pairs = [((1, 2), (3,)), ((1, 2), (4, 5)), ((5, 1, 2), (4, 5)), ((2,), (3, 1))]
-    scores, table = score_continuations(model, 0, pairs, batch_size=batch_size, progress=False)
+    scores, answers = score_continuations(model, 0, pairs, greedy={(1, 2): 3, (2,): 1}, batch_size=batch_size,
+                                          progress=False)
     single_token, two_token, longer_context, last = scores
     assert single_token.logprobs == pytest.approx((math.log(p[2, 3]),), abs=1e-6)
     assert single_token.argmax == (3,) and single_token.exact and single_token.token_accuracy == 1.0
@@ -72,11 +73,13 @@ def test_continuation_scores_exact_on_handmade_logprobs(batch_size: int) -> None
     assert two_token.argmax == (3, 5) and two_token.token_accuracy == 0.5 and not two_token.exact
     assert longer_context.logprobs == pytest.approx(two_token.logprobs, abs=1e-6)
     assert last.argmax == (3, 1) and last.exact
-    # The argmax table feeds greedy decoding: it knows the next token after each scored prefix.
-    assert table[((1, 2), ())] == 3 and table[((1, 2), (4,))] == 5
-    greedy = greedy_generate(model, 0, [(1, 2), (1, 2)], [3, 1], known=table, batch_size=batch_size, progress=False)
-    # 2 -> 3 (tie resolved to the first), 3 -> 1, 1 -> 0 (a uniform row: the first index).
-    assert greedy == [(3, 1, 0), (3,)]
+    # Greedy answers continue from the contexts' caches: 2 -> 3 (tie resolved to the first), 3 -> 1,
+    # 1 -> 0 (a uniform row: the first index); a fresh prefill (greedy_generate) agrees.
+    assert answers == {(1, 2): (3, 1, 0), (2,): (3,)}
+    assert greedy_generate(model, 0, [(1, 2), (2,)], [3, 1], batch_size=batch_size, progress=False) == [
+        (3, 1, 0), (3,)]
+    with pytest.raises(ValueError, match="no continuation to score"):
+        score_continuations(model, 0, pairs, greedy={(7,): 1}, progress=False)
 
 
 def test_token_scores_properties() -> None:

@@ -23,10 +23,10 @@ from editdecay.editing import (
     memit_delta,
 )
 from editdecay.editing.hparams import preset_for_model
+from editdecay.editing.keys import compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
-from editdecay.editing.keys import compute_keys
-from editdecay.editing.targets import TargetSettings, _adam_step, _buckets, compute_targets
+from editdecay.editing.targets import TargetSettings, _adam_step, compute_targets
 from editdecay.models import arch_for, mlp_out
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_config, tiny_model, tiny_tokenizer
@@ -75,17 +75,6 @@ def test_batched_targets_equal_one_at_a_time(arch: str) -> None:
     torch.testing.assert_close(batched.z, single.z, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(batched.z, full.z, rtol=1e-9, atol=1e-9)
     assert batched.steps == single.steps == full.steps
-
-
-def test_buckets_minimise_padded_tokens_plus_a_cost_per_bucket() -> None:
-    counts = torch.tensor([1] * 16 + [2] * 24 + [4] * 24 + [5] * 24 + [6] * 24)
-    widths = lambda overhead: [(w, len(m)) for m, w in _buckets(counts, overhead)]  # noqa: E731
-    # 672 tokens padded to 6 in one bucket; {1,2} + {4,5,6}: 80 + 432; every count apart: 424 + 4 overheads.
-    assert widths(10_000) == [(6, 112)]
-    assert widths(64) == [(2, 40), (6, 72)]
-    assert widths(0) == [(1, 16), (2, 24), (4, 24), (5, 24), (6, 24)]
-    members = torch.cat([m for m, _ in _buckets(counts, 64)])
-    assert sorted(members.tolist()) == list(range(len(counts)))
 
 
 def test_bfloat16_steps_approximate_float32_targets_without_touching_the_model() -> None:

@@ -20,8 +20,8 @@ Speed-ups that keep the math exact:
 - The unembedding is applied only at the positions the loss reads (a 49k vocabulary costs as much as a
   third of SmolLM2 per position).
 - Requests that have converged leave the batch.
-- Sequences run in a few buckets of similar token counts (`_buckets`), not one padded batch nor one group
-  per count: a few large matrix products beat many small ones, and padding costs compute.
+- Sequences run in a few buckets of similar token counts (`padded_groups`), not one padded batch nor one
+  group per count: a few large matrix products beat many small ones, and padding costs compute.
 
 With `compute_dtype` set (e.g. bfloat16, about 2x faster matrix products on a CPU with AVX512-BF16), the
 steps run on a frozen low-precision copy of the model; the cached pass, z_init, δ, Adam and the log-softmax
@@ -47,6 +47,7 @@ from editdecay.data import EditRequest
 from editdecay.editing.subject import essence_tokens, pad_right, prompt_tokens, target_ids
 from editdecay.models import arch_for, block, final_norm, num_blocks, pad_id_of, unembedding
 from editdecay.models.hooks import hidden_of, record, replay_block_output, run_until
+from editdecay.models.padding import padded_groups
 
 log = logging.getLogger(__name__)
 
@@ -169,29 +170,6 @@ def _steps_model(model: nn.Module, dtype_name: str | None) -> nn.Module:
     low = copy.deepcopy(model).to(dtype).requires_grad_(False)
     low.set_attn_implementation("eager")
     return low
-
-
-def _buckets(counts: torch.Tensor, overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[tuple[torch.Tensor, int]]:
-    """Split sequences (their token counts) into buckets of contiguous count ranges, each padded to its
-    largest count, minimising padded tokens + `overhead` per bucket (dynamic programme over the distinct
-    counts). Returns (member indices, width) per bucket."""
-    values, sizes = torch.unique(counts, return_counts=True)
-    values_list, sizes_list = values.tolist(), sizes.tolist()
-    best = [0.0] + [float("inf")] * len(values_list)
-    cut = [0] * (len(values_list) + 1)
-    for end in range(1, len(values_list) + 1):
-        for begin in range(end):
-            cost = best[begin] + sum(sizes_list[begin:end]) * values_list[end - 1] + overhead
-            if cost < best[end]:
-                best[end], cut[end] = cost, begin
-    buckets = []
-    end = len(values_list)
-    while end:
-        begin = cut[end]
-        low, high = values_list[begin], values_list[end - 1]
-        buckets.append((torch.nonzero((counts >= low) & (counts <= high)).squeeze(1), high))
-        end = begin
-    return buckets[::-1]
 
 
 def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]) -> _Batch:
@@ -357,10 +335,12 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     length = batch.lengths[seqs]
     first = subject if mode == "suffix" else torch.zeros_like(subject)
     start = torch.zeros_like(first)
-    buckets = _buckets(length - first)
-    width = max(w for _, w in buckets)
+    count = length - first
+    width = int(count.max())
     normed: torch.Tensor | None = None
-    for group, value in buckets:
+    for members in padded_groups(count.tolist(), overhead=BUCKET_OVERHEAD_TOKENS):
+        group = torch.tensor(members)
+        value = int(count[group].max())
         start[group] = (length[group] - value).clamp(min=0)
         out = _run_upper(model, batch, prepared, seqs[group], start[group], value,
                          delta[owner[group].to(device)], (subject - start)[group], z_layer)

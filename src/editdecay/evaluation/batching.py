@@ -7,7 +7,8 @@ otherwise shift rotary / learned positions).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -17,10 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from editdecay.models.padding import padded_groups
+
 PadSide = Literal["left", "right"]
 Ids = tuple[int, ...]
-# (context ids, continuation prefix) -> the model's argmax next token there (teacher forced).
-NextTokenTable = dict[tuple[Ids, Ids], int]
+# One more forward pass costs about as much as this many more padded tokens (chunking contexts by length).
+CHUNK_OVERHEAD_TOKENS = 32
 
 
 @contextmanager
@@ -139,22 +142,28 @@ def score_continuations(
     pad_id: int,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
+    greedy: Mapping[Ids, int] | None = None,
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "scoring",
-) -> tuple[list[TokenScores], NextTokenTable]:
+) -> tuple[list[TokenScores], dict[Ids, Ids]]:
     """Teacher-forced log-probabilities of each continuation after its context, in padded batches.
 
     Each distinct context runs once (`batch_size` contexts per forward); its continuations (target_new,
-    target_true, ...) then continue from its KV cache in a second, short forward. Returns one TokenScores
-    per pair and the table of argmax next tokens at every scored position. Contexts are left-padded: the
-    continuation's cached prefix must hold no padding between real tokens, or sliding-window attention
-    (which counts cache slots, not positions) would see the wrong window.
+    target_true, ...) then continue from its KV cache in a second, short forward, and contexts listed in
+    `greedy` (context -> n tokens) get their greedy continuation of exactly n tokens (EOS is not a stop)
+    from the same cache. Returns one TokenScores per pair and the greedy continuations. Contexts are
+    left-padded: the continuation's cached prefix must hold no padding between real tokens, or
+    sliding-window attention (which counts cache slots, not positions) would see the wrong window.
     """
     pairs_t = [(tuple(c), tuple(t)) for c, t in pairs]
     for i, (context, target) in enumerate(pairs_t):
         if not context or not target:
             raise ValueError(f"Pair {i}: empty {'context' if not context else 'continuation'} (nothing to score).")
+    greedy = dict(greedy or {})
+    unscored = [c for c in greedy if c not in {context for context, _ in pairs_t}]
+    if unscored:
+        raise ValueError(f"{len(unscored)} greedy contexts have no continuation to score.")
     sequences, cover = _plan(pairs_t)
     needed: dict[int, set[tuple[int, int]]] = {}
     for (_context, target), seq in zip(pairs_t, cover, strict=True):
@@ -162,23 +171,32 @@ def score_continuations(
     by_context: dict[Ids, list[int]] = {}
     for s, (context, _suffix) in enumerate(sequences):
         by_context.setdefault(context, []).append(s)
-    contexts = sorted(by_context, key=len, reverse=True)
+    # Contexts that need a second forward (a continuation or more than one greedy token) are chunked apart
+    # from the others, so fewer chunks run one; each group is chunked by length with little padding.
+    def needs_more(context: Ids) -> bool:
+        return greedy.get(context, 0) > 1 or any(sequences[s][1] for s in by_context[context])
+
+    chunks = []
+    for group in (True, False):
+        members = [c for c in by_context if needs_more(c) == group]
+        chunks += [[members[i] for i in rows] for rows in padded_groups(
+            [len(c) for c in members], overhead=CHUNK_OVERHEAD_TOKENS, max_rows=batch_size)]
     logprob: dict[tuple[int, int, int], float] = {}
     argmax: dict[tuple[int, int], int] = {}
-    table: NextTokenTable = {}
+    answers: dict[Ids, Ids] = {}
     with inference(model) as device:
-        bar = tqdm(total=len(contexts), desc=desc, unit="prompt", disable=not progress, leave=False)
-        for start in range(0, len(contexts), batch_size):
-            chunk = contexts[start:start + batch_size]
+        bar = tqdm(total=len(by_context), desc=desc, unit="prompt", disable=not progress, leave=False)
+        for chunk in chunks:
             members = [(row, s) for row, context in enumerate(chunk) for s in by_context[context]]
-            logits_of = _continuation_logits(model, pad_id, chunk, members, sequences, device)
+            logits_of, chunk_answers = _continuation_logits(model, pad_id, chunk, members, sequences,
+                                                            [greedy.get(c, 0) for c in chunk], device)
+            answers.update((c, a) for c, a in zip(chunk, chunk_answers, strict=True) if c in greedy)
             for (_row, s), logits in zip(members, logits_of, strict=True):
-                context, suffix = sequences[s]
+                _context, suffix = sequences[s]
                 log_p = torch.log_softmax(logits, dim=-1)
                 best = logits.argmax(dim=-1).tolist()
                 for j in range(len(suffix) + 1):
                     argmax[(s, j)] = best[j]
-                    table[(context, suffix[:j])] = best[j]
                 wanted = sorted(needed[s])
                 picked = log_p[[j for j, _ in wanted], [t for _, t in wanted]].double().tolist()
                 logprob.update(((s, j, t), value) for (j, t), value in zip(wanted, picked, strict=True))
@@ -189,18 +207,31 @@ def score_continuations(
                     tuple(argmax[(seq, j)] for j in range(len(target))))
         for (_context, target), seq in zip(pairs_t, cover, strict=True)
     ]
-    return scores, table
+    return scores, answers
 
 
 def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], members: list[tuple[int, int]],
-                         sequences: list[tuple[Ids, Ids]], device: torch.device) -> list[torch.Tensor]:
+                         sequences: list[tuple[Ids, Ids]], greedy_lengths: list[int], device: torch.device
+                         ) -> tuple[list[torch.Tensor], list[Ids]]:
     """Float logits (len(suffix) + 1, vocab) for each (context row, sequence) in `members`: position 0 from the
-    context's last token, position j from suffix token j - 1 (read after the context's cached keys/values)."""
+    context's last token, position j from suffix token j - 1 (read after the context's cached keys/values);
+    and each context's greedy continuation of greedy_lengths[row] tokens."""
     batch = pad_batch(contexts, pad_id, "left", device)
     last = torch.full((len(contexts), 1), batch.input_ids.shape[1] - 1, device=device)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 use_cache=True, logits_to_keep=last)
     first = out.logits[:, 0].float()
+    best = first.argmax(dim=-1).tolist()
+    answers: list[Ids] = [(best[row],) if n == 1 else () for row, n in enumerate(greedy_lengths)]
+    decoding = [row for row, n in enumerate(greedy_lengths) if n > 1]
+    if decoding:
+        rows = torch.tensor(decoding, device=device)
+        cache = copy.deepcopy(out.past_key_values)  # the continuations below reuse the original
+        cache.batch_select_indices(rows)
+        decoded = _decode(model, cache, batch.attention_mask[rows], batch.position_ids[rows, -1:], first[rows],
+                          [greedy_lengths[row] for row in decoding], frozenset())
+        for row, tokens in zip(decoding, decoded, strict=True):
+            answers[row] = tokens
     extended = [(k, row, sequences[s][1]) for k, (row, s) in enumerate(members) if sequences[s][1]]
     later: dict[int, torch.Tensor] = {}
     if extended:
@@ -219,8 +250,9 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
                        mask.to(device)], dim=1), position_ids=positions.to(device), past_key_values=cache,
                        use_cache=True).logits.float()
         later = {k: logits[i, :len(suffix)] for i, (k, _, suffix) in enumerate(extended)}
-    return [torch.cat([first[row:row + 1], later[k]]) if k in later else first[row:row + 1]
-            for k, (row, _s) in enumerate(members)]
+    logits_of = [torch.cat([first[row:row + 1], later[k]]) if k in later else first[row:row + 1]
+                 for k, (row, _s) in enumerate(members)]
+    return logits_of, answers
 
 
 def greedy_generate(
@@ -230,60 +262,45 @@ def greedy_generate(
     max_new_tokens: int | Sequence[int],
     *,
     eos_ids: frozenset[int] = frozenset(),
-    known: NextTokenTable | None = None,
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "generating",
 ) -> list[Ids]:
     """Greedy continuations, batched with left padding and a KV cache.
 
-    Row i gets up to max_new_tokens[i] tokens and stops after an EOS id (not included). Steps already in
-    `known` (argmax tokens from teacher-forced scoring of the same context) are read from it, not recomputed.
+    Row i gets up to max_new_tokens[i] tokens and stops after an EOS id (not included).
     """
     contexts_t = [tuple(c) for c in contexts]
     limits = [max_new_tokens] * len(contexts_t) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(contexts_t):
         raise ValueError(f"{len(limits)} token limits for {len(contexts_t)} contexts")
-    results: list[Ids] = []
-    todo: list[int] = []
-    for i, (context, limit) in enumerate(zip(contexts_t, limits, strict=True)):
-        prefix: Ids = ()
-        ended = False
-        while known is not None and len(prefix) < limit and (context, prefix) in known:
-            token = known[(context, prefix)]
-            ended = token in eos_ids
-            if ended:
-                break
-            prefix += (token,)
-        results.append(prefix)
-        if not ended and len(prefix) < limit:
-            todo.append(i)
-    if not todo:
-        return results
-    todo.sort(key=lambda i: len(contexts_t[i]) + len(results[i]), reverse=True)
+    results: list[Ids] = [() for _ in contexts_t]
+    todo = sorted((i for i, limit in enumerate(limits) if limit > 0), key=lambda i: len(contexts_t[i]), reverse=True)
     with inference(model) as device:
         bar = tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress, leave=False)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            new = _greedy_batch(model, pad_id, [contexts_t[i] + results[i] for i in chunk],
-                                [limits[i] - len(results[i]) for i in chunk], eos_ids, device)
+            batch = pad_batch([contexts_t[i] for i in chunk], pad_id, "left", device)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, use_cache=True, logits_to_keep=1)
+            new = _decode(model, out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:],
+                          out.logits[:, -1], [limits[i] for i in chunk], eos_ids)
             for i, tokens in zip(chunk, new, strict=True):
-                results[i] = results[i] + tokens
+                results[i] = tokens
             bar.update(len(chunk))
         bar.close()
     return results
 
 
-def _greedy_batch(model: nn.Module, pad_id: int, seqs: list[Ids], limits: list[int], eos_ids: frozenset[int],
-                  device: torch.device) -> list[Ids]:
-    batch = pad_batch(seqs, pad_id, "left", device)
-    mask, positions = batch.attention_mask, batch.position_ids[:, -1:]
-    out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                use_cache=True, logits_to_keep=1)
-    generated: list[list[int]] = [[] for _ in seqs]
+def _decode(model: nn.Module, cache: object, mask: torch.Tensor, last_positions: torch.Tensor,
+            logits: torch.Tensor, limits: list[int], eos_ids: frozenset[int]) -> list[Ids]:
+    """Greedy decoding on from a KV cache whose rows end at `last_positions` (rows, 1), `logits` (rows, vocab)
+    being the next-token logits there: up to limits[row] tokens per row, stopping after an EOS id."""
+    generated: list[list[int]] = [[] for _ in limits]
     active = [limit > 0 for limit in limits]
+    positions = last_positions
     for step in range(max(limits)):
-        tokens = out.logits[:, -1].argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)
         for row, token in enumerate(tokens.tolist()):
             if not active[row]:
                 continue
@@ -296,8 +313,9 @@ def _greedy_batch(model: nn.Module, pad_id: int, seqs: list[Ids], limits: list[i
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
     return [tuple(g) for g in generated]
 
 

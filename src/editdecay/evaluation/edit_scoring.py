@@ -18,7 +18,6 @@ from editdecay.evaluation.batching import (
     TokenScores,
     continuation_text,
     encode,
-    greedy_generate,
     score_continuations,
 )
 from editdecay.evaluation.edit_metrics import success_flags
@@ -90,14 +89,17 @@ def score_edits(
             if target is not None:
                 slots.append((r, which))
                 pairs.append((prompt_ids[row.prompt], target_ids[continuation_text(target)]))
-    scores, table = score_continuations(model, pad_id_of(tokenizer), pairs, batch_size=batch_size,
-                                        progress=progress, desc="scoring edit prompts")
+    # Greedy answers of max(n_tokens_new, n_tokens_true) tokens; EOS is kept in greedy_ids (it decodes to
+    # nothing), never a stop signal. A prompt shared by rows is decoded once, to its longest length.
+    row_lengths = [max(len(target_ids[continuation_text(t)]) for t in (row.target_new, row.target_true) if t)
+                   for row in rows]
+    lengths: dict[tuple[int, ...], int] = {}
+    for row, n in zip(rows, row_lengths, strict=True):
+        lengths[prompt_ids[row.prompt]] = max(n, lengths.get(prompt_ids[row.prompt], 0))
+    scores, answers = score_continuations(model, pad_id_of(tokenizer), pairs, greedy=lengths, batch_size=batch_size,
+                                          progress=progress, desc="scoring edit prompts")
     by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
-
-    lengths = [max(len(by_slot[(r, w)].tokens) for w in ("new", "true") if (r, w) in by_slot) for r in range(len(rows))]
-    # Fixed-length answers: an EOS token is kept in greedy_ids (and decodes to nothing), never a stop signal.
-    greedy = greedy_generate(model, pad_id_of(tokenizer), [prompt_ids[row.prompt] for row in rows], lengths,
-                             known=table, batch_size=batch_size, progress=progress, desc="greedy answers")
+    greedy = [answers[prompt_ids[row.prompt]][:n] for row, n in zip(rows, row_lengths, strict=True)]
     records = []
     for r, row in enumerate(rows):
         new, true = by_slot[(r, "new")], by_slot.get((r, "true"))
