@@ -110,6 +110,12 @@ def test_keys_resumed_at_an_unchanged_block_equal_a_full_pass(arch: str) -> None
     assert resumed.inputs is not None and full.inputs is not None
     for a, b in zip(resumed.inputs.hidden, full.inputs.hidden, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # The resumed pass really starts at block 1: a change below it is not seen.
+    with torch.no_grad():
+        mlp_out(model, 0).weight.mul_(3.0)
+    again = compute_keys(model, tok, requests, contexts, [2], z_layer=3, resume=first.inputs)
+    torch.testing.assert_close(again.keys[2], resumed.keys[2], rtol=0, atol=0)
+    assert not torch.allclose(compute_keys(model, tok, requests, contexts, [2], z_layer=3).keys[2], again.keys[2])
     with pytest.raises(ValueError, match="Cannot read layer 1"):
         compute_keys(model, tok, requests, contexts, [1], z_layer=3, resume=resumed.inputs)
     with pytest.raises(ValueError, match="same requests and contexts"):
@@ -322,15 +328,21 @@ def test_presets_are_recognised_from_the_model_shape() -> None:
                 num_key_value_heads=3)
     assert preset_for_model(smol) == "smollm2-135m"
     assert build_editor("memit").resolved_hparams(smol).mom2_update_weight == 1500
+    # bfloat16 target steps were measured for SmolLM2 only; published presets and the fallback keep the
+    # model's dtype, and an override can switch it off.
+    assert build_editor("memit").resolved_hparams(smol).v_dtype == "bfloat16"
+    assert build_editor("memit", {"v_dtype": None}).resolved_hparams(smol).v_dtype is None
+    with pytest.raises(ValueError, match="v_dtype='int8'"):
+        build_editor("memit", {"v_dtype": "int8"})
     llama3 = meta(num_hidden_layers=32, hidden_size=4096, vocab_size=128256, num_attention_heads=32)
     assert preset_for_model(llama3) == "llama-3-8b"
     hp = build_editor("memit").resolved_hparams(llama3)
-    assert (hp.layers, hp.v_lr, hp.mom2_update_weight) == ([4, 5, 6, 7, 8], 0.1, 15000)
+    assert (hp.layers, hp.v_lr, hp.mom2_update_weight, hp.v_dtype) == ([4, 5, 6, 7, 8], 0.1, 15000, None)
     with pytest.raises(ValueError, match="outside the model"):
         build_editor("memit", preset="gpt2-xl").resolved_hparams(tiny_model("gpt2"))
     fallback = build_editor("memit").resolved_hparams(tiny_model("llama"))
     assert fallback.mom2_update_weight == tiny_config("llama").intermediate_size
-    assert fallback.layers == [0, 1, 2, 3]
+    assert fallback.layers == [0, 1, 2, 3] and fallback.v_dtype is None
     with pytest.raises(ValueError, match="Unknown preset"):
         build_editor("memit", preset="gpt5")
 
