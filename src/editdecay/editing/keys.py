@@ -90,8 +90,8 @@ def compute_keys(
             input_ids = torch.tensor([sequences[i] for i in part], dtype=torch.long, device=device)
             with ExitStack() as stack:
                 if resume is not None:
-                    lower = [block(model, i) for i in range(resume.layer)]
-                    stack.enter_context(replay_block_output(lower, resume.template, resume.hidden[index]))
+                    stack.enter_context(replay_block_output(model, resume.layer - 1, resume.template,
+                                                            resume.hidden[index]))
                 if keep_inputs_of is not None:
                     handle = block(model, keep_inputs_of - 1).register_forward_hook(
                         lambda _m, _a, output: raw.update(out=output))

@@ -392,8 +392,7 @@ def _run_upper(model: nn.Module, batch: _Batch, prepared: _Prepared, seqs: torch
         data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
         kwargs = {"past_key_values": DynamicCache(ddp_cache_data=data, config=model.config), "use_cache": True}
     norm_path = arch_for(model).final_norm_path
-    lower = [block(model, i) for i in range(z_layer + 1)]
-    with replay_block_output(lower, prepared.template, hidden), record(model, [norm_path]) as out:
+    with replay_block_output(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
         run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),
                   position_ids=absolute.to(device), **kwargs)
     return out[norm_path]

@@ -160,10 +160,6 @@ def score_continuations(
     for i, (context, target) in enumerate(pairs_t):
         if not context or not target:
             raise ValueError(f"Pair {i}: empty {'context' if not context else 'continuation'} (nothing to score).")
-    greedy = dict(greedy or {})
-    unscored = [c for c in greedy if c not in {context for context, _ in pairs_t}]
-    if unscored:
-        raise ValueError(f"{len(unscored)} greedy contexts have no continuation to score.")
     sequences, cover = _plan(pairs_t)
     needed: dict[int, set[tuple[int, int]]] = {}
     for (_context, target), seq in zip(pairs_t, cover, strict=True):
@@ -171,6 +167,10 @@ def score_continuations(
     by_context: dict[Ids, list[int]] = {}
     for s, (context, _suffix) in enumerate(sequences):
         by_context.setdefault(context, []).append(s)
+    greedy = dict(greedy or {})
+    unscored = [c for c in greedy if c not in by_context]
+    if unscored:
+        raise ValueError(f"{len(unscored)} greedy contexts have no continuation to score.")
     # Contexts that need a second forward (a continuation or more than one greedy token) are chunked apart
     # from the others, so fewer chunks run one; each group is chunked by length with little padding.
     def needs_more(context: Ids) -> bool:

@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from editdecay.models.arch import block
+
 Positions = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -147,11 +149,11 @@ def run_until(model: nn.Module, last_module: nn.Module, **inputs: torch.Tensor) 
 
 
 @contextmanager
-def replay_block_output(blocks: Sequence[nn.Module], template: torch.Tensor | tuple, hidden: torch.Tensor
+def replay_block_output(model: nn.Module, layer: int, template: torch.Tensor | tuple, hidden: torch.Tensor
                         ) -> Iterator[None]:
-    """While inside, every block but the last of `blocks` (the model's blocks 0..L) passes its input
-    through and block L returns `hidden` (formatted like its recorded raw output `template`): a forward
-    pass then computes only the embedding and the blocks after L, from a cached block-L output."""
+    """While inside, blocks 0..layer-1 pass their input through and block `layer` returns `hidden`
+    (formatted like its recorded raw output `template`): a forward pass then computes only the embedding
+    and the blocks after `layer`, from a cached output of block `layer`."""
 
     def passthrough(*args: object, **kwargs: object) -> object:
         return replace_hidden(template, args[0] if args else kwargs["hidden_states"])  # type: ignore[arg-type]
@@ -160,9 +162,9 @@ def replay_block_output(blocks: Sequence[nn.Module], template: torch.Tensor | tu
         return replace_hidden(template, hidden)
 
     with ExitStack() as stack:
-        for module in blocks[:-1]:
-            stack.enter_context(_forward_replaced(module, passthrough))
-        stack.enter_context(_forward_replaced(blocks[-1], replay))
+        for i in range(layer):
+            stack.enter_context(_forward_replaced(block(model, i), passthrough))
+        stack.enter_context(_forward_replaced(block(model, layer), replay))
         yield
 
 
