@@ -2,16 +2,19 @@
 
 Jobs run one after another, each in its own subprocess (peak RSS is a per-process high-water mark):
   stats      fresh second-moment statistics for the edit layers (one pass, all layers), tokens/s
-  targets    target optimisation on a subset, steps in float32: batched vs one request at a time (same
-             math, same z) vs one at a time without the prefix cache (the reference's cost structure);
-             then batched in the preset's v_dtype (bfloat16: its speed-up, and how far z moves)
-  memit      the full n-request MEMIT edit (statistics from the stats job), time split, ES/PS/NS
+  targets    the dtype probe (what `v_dtype: auto` chooses here, and why), then target optimisation on a
+             subset, steps in float32: batched vs one request at a time (same math, same z) vs one at a
+             time without the prefix cache (the reference's cost structure); then batched in bfloat16 side
+             by side (its speed-up or slow-down on this CPU, and how far z moves)
+  memit      the full n-request MEMIT edit (statistics from the stats job), time split, ES/PS/NS;
+             `memit:float32` / `memit:bfloat16` pin v_dtype (default: auto)
   alphaedit  the same with AlphaEdit
 Wall seconds depend on what else runs on the machine; CPU seconds (with --threads 1: single-core time)
 are the robust figure, and ratios are taken within one invocation. The peer figures are those given in
 issue 3 (EasyEdit on the same CPU, 20 CounterFact records).
 
     .venv/bin/python bench/edit_speed.py --n 100 --threads 1
+    .venv/bin/python bench/edit_speed.py --n 100 --jobs stats,targets,memit:float32,memit:bfloat16
     .venv/bin/python bench/edit_speed.py --n 20 --subset 4 --corpus ../shared/data/wikipedia   # quick
 """
 
@@ -62,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
     from editdecay.editing import StatsStore, build_editor
     from editdecay.editing.context import sample_context_templates
     from editdecay.editing.targets import compute_targets
-    from editdecay.models import load_model
+    from editdecay.models import DtypeResolver, load_model, mlp_shape
 
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m")
@@ -80,22 +83,24 @@ def child(args: argparse.Namespace) -> None:
                    tokens_per_s=args.tokens / wall)
     elif args.job == "targets":
         requests = _requests(args.subset)
-        hp = build_editor("memit").resolved_hparams(loaded.model)
+        dtypes = DtypeResolver()
+        hp = build_editor("memit", dtypes=dtypes).resolved_hparams(loaded.model)
         contexts = sample_context_templates(loaded.model, loaded.tokenizer, seed=0)
-        preset = hp.target_settings()
-        float32 = dataclasses.replace(preset, compute_dtype=None)
+        float32 = dataclasses.replace(hp.target_settings(), compute_dtype="float32")
+        bfloat16 = dataclasses.replace(float32, compute_dtype="bfloat16")
         runs = {}
         for name, size, mode, chosen in (("batched", len(requests), "auto", float32),
                                          ("one_at_a_time", 1, "auto", float32),
                                          ("one_at_a_time_no_prefix_cache", 1, "full", float32),
-                                         ("batched_preset_dtype", len(requests), "auto", preset)):
+                                         ("batched_bfloat16", len(requests), "auto", bfloat16)):
             wall, cpu = time.perf_counter(), _cpu()
             result = compute_targets(loaded.model, loaded.tokenizer, requests, contexts, chosen, batch_size=size,
                                      mode=mode, progress=False)
             runs[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu, "z": result.z,
                           "steps": sum(result.steps) / len(requests)}
         base = runs["batched"]["z"]
-        out.update(subset=len(requests), v_dtype=preset.compute_dtype)
+        out.update(subset=len(requests), v_dtype_auto=hp.v_dtype,
+                   probe=dtypes.probe("cpu", *mlp_shape(loaded.model.config)).to_dict())
         for name, run in runs.items():
             z = run.pop("z")
             run["max_abs_z_diff_vs_batched"] = float((z - base).abs().max())
@@ -103,14 +108,16 @@ def child(args: argparse.Namespace) -> None:
             out[name] = run
     else:
         requests = _requests(args.n)
-        overrides = {"mom2_dataset": args.corpus, "mom2_n_tokens": args.tokens}
+        editor, _, v_dtype = args.job.partition(":")
+        overrides = {"mom2_dataset": args.corpus, "mom2_n_tokens": args.tokens, "v_dtype": v_dtype or "auto"}
         before = _scores(loaded, requests)
         wall, cpu = time.perf_counter(), _cpu()
-        patch = build_editor(args.job, overrides).edit(loaded.model, loaded.tokenizer, requests, stats=store,
+        patch = build_editor(editor, overrides).edit(loaded.model, loaded.tokenizer, requests, stats=store,
                                                        fingerprint=loaded.fingerprint)
         wall, cpu = time.perf_counter() - wall, _cpu() - cpu
         patch.apply(loaded.model, fingerprint=loaded.fingerprint)
-        out.update(n=len(requests), wall_s=wall, cpu_s=cpu, timings=patch.manifest["timings"], before=before,
+        out.update(n=len(requests), v_dtype=patch.manifest["hparams"]["v_dtype"], wall_s=wall, cpu_s=cpu,
+                   timings=patch.manifest["timings"], before=before,
                    after=_scores(loaded, requests), update_norms=patch.manifest["update_norms"],
                    carried=[b["carried_fraction_mean"] for b in patch.manifest["batches"]],
                    target_steps=[b["target_steps_mean"] for b in patch.manifest["batches"]],
@@ -140,21 +147,25 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     peer_stats = PEER["stats_s_per_layer_82k"] * PEER["stats_layers"]
     print(f"  vs peer: {stats['wall_s']:.0f} s ({args.tokens} tokens, all layers in one pass) vs {peer_stats:.0f} s "
           f"(82k tokens, one pass per layer) -> {peer_stats / stats['wall_s']:.1f}x")
-    print(f"target optimisation on {targets['subset']} requests; steps in float32, the last row in the preset's "
-          f"{targets['v_dtype'] or 'float32'} (speed-ups and z differences relative to the first row):")
+    probe = targets["probe"]
+    print(f"dtype probe ({probe['shape']} matmul): float32 {probe['float32_s'] * 1e3:.2f} ms, bfloat16 "
+          f"{probe['bfloat16_s'] * 1e3:.2f} ms -> {probe['reason']}: v_dtype auto = {targets['v_dtype_auto']}")
+    print(f"target optimisation on {targets['subset']} requests; steps in float32, the last row in bfloat16 "
+          "(speed-ups and z differences relative to the first row):")
     batched = targets["batched"]
-    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache", "batched_preset_dtype"):
+    for name in ("batched", "one_at_a_time", "one_at_a_time_no_prefix_cache", "batched_bfloat16"):
         run = targets[name]
         print(f"  {name:32s} {run['wall_s']:7.1f} s wall {run['cpu_s']:7.1f} CPU s "
               f"({run['cpu_s'] / targets['subset']:.2f} CPU s/request, {run['steps']:.1f} steps) "
               f"{run['cpu_s'] / batched['cpu_s']:.2f}x the batched CPU time; "
               f"rel. z diff {run['rel_z_diff_vs_batched']:.1e}")
-    for editor in ("memit", "alphaedit"):
-        run = results[editor]
+    for job in (j for j in results if j not in ("stats", "targets")):
+        run, editor = results[job], job.partition(":")[0]
         t = run["timings"]
         parts = {k: t.get(k, 0.0) for k in ("statistics", "targets", "keys", "solve")}
         other = t["total"] - sum(parts.values())
-        print(f"{editor}: {run['n']} requests in {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} CPU s): "
+        print(f"{job} (target steps in {run['v_dtype']}): {run['n']} requests in {run['wall_s']:.1f} s wall "
+              f"({run['cpu_s']:.1f} CPU s): "
               + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f", other {other:.1f}; "
               f"peak RSS {run['peak_rss_mib']:.0f} MiB")
         print(f"  ES/PS/NS unedited {run['before']['es']}/{run['before']['ps']}/{run['before']['ns']}, "
@@ -191,7 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as stats_dir:
         results = {job: run_child(args, job, stats_dir) for job in args.jobs.split(",")}
     print(json.dumps(results, indent=1))
-    if {"stats", "targets", "memit", "alphaedit"} <= set(results):
+    if {"stats", "targets"} <= set(results):
         report(results, args)
 
 

@@ -1,10 +1,11 @@
-"""Fine-tuning speed on SmolLM2-135M: tokens/s and peak RSS for full / LoRA / DoRA in bf16 and fp32.
+"""Fine-tuning speed on SmolLM2-135M: tokens/s and peak RSS for full / LoRA / DoRA in bf16 and fp32 side by side.
 
 Each configuration runs in its own subprocess (peak RSS is a per-process high-water mark), one after
 the other, on the same built-in examples. Ratios (DoRA/LoRA time per token, fp32/bf16) are computed from
 runs of one invocation, using CPU seconds per token (wall time is at the mercy of other processes on a
 shared machine; with --threads 1, tokens per CPU-second is the single-core throughput). `--demo` instead
-times one demo-sized LoRA bf16 run (one epoch) end to end, model load excluded.
+times one demo-sized LoRA run (one epoch, compute dtype `auto`) end to end, model load excluded. The dtype
+probe runs first: it prints what `compute_dtype: auto` chooses on this machine and the matmul times behind it.
 
     .venv/bin/python bench/finetune_speed.py --examples 200 --max-steps 3 --threads 1
     .venv/bin/python bench/finetune_speed.py --demo --examples 256 --lr 3e-4
@@ -43,7 +44,8 @@ def child(args: argparse.Namespace) -> None:
         wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     manifest = result.manifest
     print(json.dumps({
-        "method": args.method, "dtype": args.dtype, "examples": len(examples), "steps": manifest["steps"],
+        "method": args.method, "dtype": manifest["spec"]["compute_dtype"], "examples": len(examples),
+        "steps": manifest["steps"],
         "tokens": manifest["tokens"], "train_s": manifest["train_seconds"], "tokens_per_s": manifest["tokens_per_s"],
         "wall_s": wall, "cpu_s": cpu, "rss_model_mib": rss_model,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--dropout", type=float, default=0.05)
     parser.add_argument("--no-train-on-inputs", action="store_true")
-    parser.add_argument("--demo", action="store_true", help="Time one demo-sized LoRA bf16 run (1 epoch).")
+    parser.add_argument("--demo", action="store_true", help="Time one demo-sized LoRA run (1 epoch, dtype auto).")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
@@ -91,7 +93,15 @@ def main() -> None:
 
     print(f"SmolLM2-135M, {args.examples} built-in examples, batch {args.batch_size}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    configs = ([("lora", "bfloat16")] if args.demo else
+    import torch
+
+    from editdecay.models import DtypeResolver
+
+    torch.set_num_threads(args.threads)
+    probe = DtypeResolver().probe("cpu", 576, 1536)  # SmolLM2-135M's MLP shape
+    print(f"dtype probe ({probe.shape} matmul): float32 {probe.float32_s * 1e3:.2f} ms, bfloat16 "
+          f"{probe.bfloat16_s * 1e3:.2f} ms -> {probe.reason}: compute_dtype auto = {probe.chosen}")
+    configs = ([("lora", "auto")] if args.demo else
                [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")])
     rows = []
     for method, dtype in configs:

@@ -12,6 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model, tiny_tokenizer
 
+# `auto` compute dtypes resolve to float32 in tests unless the caller chose otherwise: the same numbers on a CPU
+# with or without native bfloat16 (tests of the probe itself pass their own measurements).
+os.environ.setdefault("EDITDECAY_AUTO_DTYPE", "float32")
+
 _DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_DATA = Path(os.environ.get("EDITDECAY_SHARED_DATA", _DEFAULT_SHARED))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import typer.main
 from typer.testing import CliRunner
 
 from editdecay.cli import app
@@ -17,6 +18,31 @@ def test_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in ("demo", "run", "grid", "report", "edit", "finetune", "evaluate", "stats", "models"):
         assert re.search(rf"│ {command}\b", result.output), command
+
+
+def _bracketed(text: str) -> list[str]:
+    """Square-bracketed phrases as the help should show them (rich markup needs a literal "[" escaped)."""
+    return re.findall(r"\[[^\]\n]*\]", text.replace("\\[", "["))
+
+
+def _flat(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_every_command_help_renders_with_its_brackets() -> None:
+    group = typer.main.get_command(app)
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
+    assert set(names) == set(group.commands)  # type: ignore[attr-defined]
+    for name in names:
+        result = CliRunner().invoke(app, [name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (name, result.output)
+        command = group.commands[name]  # type: ignore[attr-defined]
+        texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+        shown = _flat(result.output)
+        for phrase in (p for text in texts for p in _bracketed(text)):
+            assert _flat(phrase) in shown, (name, phrase)
+    stats = _flat(CliRunner().invoke(app, ["stats", "--help"], terminal_width=200).output)
+    assert "Collect (or load from the cache) E[k k^T] for every requested layer" in stats
 
 
 def test_paper_grid_dry_run(tmp_path: Path) -> None:

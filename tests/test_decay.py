@@ -178,7 +178,8 @@ def test_cli_evaluate_with_patch_and_adapter(tiny_dir: Path) -> None:
     edited = load_model(str(tiny_dir / "model")).model
     name = "model.layers.1.mlp.down_proj.weight"
     delta = 0.5 * torch.randn(edited.get_parameter(name).shape, generator=torch.Generator().manual_seed(0))
-    patch = editing.WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(edited), "layers": [1]})
+    patch = editing.WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(edited), "layers": [1],
+                                                "request_ids": ["0", "1", "2"]})
     patch.save(tiny_dir / "patch")
     patch.apply(edited)
     spec = finetuning.FinetuneSpec(method="lora", epochs=1, batch_size=4, cutoff_len=64, compute_dtype="float32")
@@ -200,3 +201,73 @@ def test_cli_evaluate_with_patch_and_adapter(tiny_dir: Path) -> None:
     assert set(activations["pair"]) == {"Med-M", "Med_ft-Med"}
     assert activations.loc[activations["pair"] == "Med-M"].set_index("layer")["drift"].loc[0] == 0  # below the patch
     assert activations.loc[activations["pair"] == "Med-M"].set_index("layer")["drift"].loc[1] > 0
+
+
+def _saved_patch(tiny_dir: Path, request_ids: list[str]) -> Path:
+    import torch
+
+    from editdecay.editing import WeightPatch
+    from editdecay.models import load_model, model_fingerprint
+
+    model = load_model(str(tiny_dir / "model")).model
+    name = "model.layers.1.mlp.down_proj.weight"
+    delta = 0.1 * torch.randn(model.get_parameter(name).shape, generator=torch.Generator().manual_seed(0))
+    patch = WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(model), "layers": [1],
+                                        "request_ids": request_ids})
+    return patch.save(tiny_dir / "patch")
+
+
+def test_cli_evaluate_refuses_requests_other_than_the_patchs(tiny_dir: Path) -> None:
+    # The patch edited requests 0, 1 and 9; the evaluation asks for the first two of edits.json (0, 1).
+    patch = _saved_patch(tiny_dir, ["0", "1", "9"])
+    args = ["--model", str(tiny_dir / "model"), "--patch", str(patch), "--dataset", str(tiny_dir / "edits.json"),
+            "--n", "2", "--no-activations", "--out", str(tiny_dir / "out")]
+    refused = _invoke(args)
+    text = " ".join(refused.output.replace("│", " ").split())
+    assert refused.exit_code == 2, refused.output
+    assert "Invalid value for --patch/--dataset" in text
+    assert "2 of the 2 evaluated requests are in the patch, 1 of the patch's 3 requests are not evaluated" in text
+    assert "--allow-other-requests" in text and not (tiny_dir / "out").exists()
+    # All three of edits.json: request 2 is not in the patch, 9 is not evaluated.
+    refused = _invoke([a for a in args if a not in ("--n", "2")])
+    assert refused.exit_code == 2
+    assert "2 of the 3 evaluated requests are in the patch, 1 of the patch's 3 requests are not evaluated" in " ".join(
+        refused.output.replace("│", " ").split())
+    allowed = _invoke([*args, "--allow-other-requests"])
+    assert allowed.exit_code == 0, allowed.output
+    assert ("WARNING: the evaluated requests are not the ones --patch edited: 2 of the 2 evaluated requests are in "
+            "the patch, 1 of the patch's 3 requests are not evaluated; continuing because of --allow-other-requests"
+            in allowed.output)
+    assert json.loads((tiny_dir / "out" / "summary.json").read_text())["groups"] == ["M", "Med"]
+
+
+def test_cli_evaluate_accepts_the_patchs_requests_in_any_order(tiny_dir: Path) -> None:
+    patch = _saved_patch(tiny_dir, ["2", "0", "1"])
+    result = _invoke(["--model", str(tiny_dir / "model"), "--patch", str(patch), "--dataset",
+                      str(tiny_dir / "edits.json"), "--no-activations", "--out", str(tiny_dir / "out")])
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.output
+
+
+def test_cli_evaluate_seed_samples_like_edit(tiny_dir: Path) -> None:
+    from editdecay.data import load_edit_requests
+
+    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"), "--n", "2",
+                      "--seed", "3", "--out", str(tiny_dir / "out")])
+    assert result.exit_code == 0, result.output
+    expected = [r.case_id for r in load_edit_requests(tiny_dir / "edits.json", 2, seed=3)]
+    assert expected == ["0", "2"]  # a sample, not the first two
+    edits = pd.read_parquet(tiny_dir / "out" / "edits.parquet")
+    assert list(dict.fromkeys(edits["case_id"])) == expected
+
+
+def test_cli_evaluate_generate_records_the_answer_extraction(tiny_dir: Path) -> None:
+    out = tiny_dir / "out"
+    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"), "--n", "1",
+                      "--tasks", "builtin-commonsense", "--limit", "2", "--mode", "generate",
+                      "--answer-extraction", "study", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["answer_extraction"] == "study"
+    assert pd.read_parquet(out / "downstream.parquet")["answer_extraction"].tolist() == ["study", "study"]
+    bad = _invoke(["--model", str(tiny_dir / "model"), "--answer-extraction", "strict", "--out", str(out)])
+    assert bad.exit_code == 2 and "use lenient or study" in bad.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import test_edit_support
@@ -40,11 +41,12 @@ def test_edit_writes_a_patch_and_a_summary(tmp_path, tiny_dir, edits_file) -> No
     args = ["edit", "--model", str(tiny_dir), "--editor", "alphaedit", "--dataset", str(edits_file), "--n", "2",
             "--out", str(out), "--layers", "1-2", "--corpus", str(corpus), "--tokens", "2500",
             "--stats-dir", str(tmp_path / "stats"), "--set", "v_num_grad_steps=3", "--set", "mom2_max_length=64",
-            "--set", "context_template_count=1"]
+            "--set", "context_template_count=1", "--editor-seed", "5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Edited 2 requests with alphaedit into layers [1, 2]" in result.output
     patch = WeightPatch.load(out / "patch")
+    assert patch.manifest["protocol"]["seed"] == 5 and patch.request_ids == ["c0", "c1"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["patch_id"] == patch.patch_id and summary["layers"] == [1, 2]
     assert set(summary["update_norms"]) == {"1", "2"}
@@ -86,3 +88,70 @@ def test_stats_defaults_are_the_statistics_edit_uses(tmp_path, tiny_dir, edits_f
                                     "--stats-dir", str(stats_dir), "--set", "v_num_grad_steps=2"])
     assert edit.exit_code == 0, edit.output
     assert sorted(stats_dir.rglob("*.safetensors")) == computed  # every statistic the edit needed was cached
+
+
+class _RecordingEditor:
+    """Stands in for build_editor's result: records what `edit` is asked to do, returns a one-delta patch."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def edit(self, model, tokenizer, requests, *, stats, seed, fingerprint) -> WeightPatch:
+        self.calls.append({"requests": list(requests), "seed": seed})
+        name = "model.layers.1.mlp.down_proj.weight"
+        delta = torch.zeros(model.get_parameter(name).shape)
+        return WeightPatch({name: delta}, {"base_fingerprint": fingerprint, "layers": [1],
+                                           "request_ids": [r.case_id for r in requests], "update_norms": {"1": 0.0},
+                                           "timings": {}, "statistics": {}, "batches": [], "hparams": {}})
+
+
+@pytest.fixture
+def recording_editor(monkeypatch) -> _RecordingEditor:
+    import editdecay.editing
+
+    editor = _RecordingEditor()
+    monkeypatch.setattr(editdecay.editing, "build_editor", lambda *args, **kwargs: editor)
+    return editor
+
+
+@pytest.fixture
+def zsre_file(tmp_path):
+    records = [{"case_id": i, "subject": s, "src": f"What is the capital of {s}?", "answers": [gold], "alt": alt,
+                "rephrase": f"Which city is the capital of {s}?", "loc": "nq question: who wrote hamlet",
+                "loc_ans": "Shakespeare"}
+               for i, (s, gold, alt) in enumerate([("France", "Paris", "Rome"), ("Italy", "Rome", "Berlin"),
+                                                   ("Spain", "Madrid", "Tokyo"), ("Japan", "Tokyo", "Paris")])]
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_edit_seed_samples_requests_like_evaluate(tmp_path, tiny_dir, zsre_file, recording_editor) -> None:
+    from editdecay.data import load_edit_requests
+
+    base = ["edit", "--model", str(tiny_dir), "--dataset", str(zsre_file), "--n", "2"]
+    first = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "first")])
+    sampled = CliRunner().invoke(app, [*base, "--seed", "3", "--editor-seed", "7", "--out", str(tmp_path / "s")])
+    assert first.exit_code == 0, first.output
+    assert sampled.exit_code == 0, sampled.output
+    [default_call, seeded_call] = recording_editor.calls
+    assert [r.case_id for r in default_call["requests"]] == ["0", "1"] and default_call["seed"] == 0
+    expected = load_edit_requests(zsre_file, 2, seed=3)
+    assert [r.case_id for r in expected] == ["1", "2"]  # a sample, not the first two
+    assert seeded_call["requests"] == expected and seeded_call["seed"] == 7
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert (summary["seed"], summary["editor_seed"], summary["zsre_target"]) == (3, 7, "answers")
+    old = CliRunner().invoke(app, [*base, "--sample-seed", "3", "--out", str(tmp_path / "old")])
+    assert old.exit_code == 2 and "No such option" in old.output
+
+
+def test_edit_zsre_target_is_passed_to_the_loader(tmp_path, tiny_dir, zsre_file, recording_editor) -> None:
+    base = ["edit", "--model", str(tiny_dir), "--dataset", str(zsre_file), "--n", "1"]
+    assert CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--zsre-target", "alt", "--out", str(tmp_path / "b")]).exit_code == 0
+    [answers, alt] = [call["requests"][0] for call in recording_editor.calls]
+    assert (answers.target_new, answers.target_true) == ("Paris", None)
+    assert (alt.target_new, alt.target_true) == ("Rome", "Paris")
+    bad = CliRunner().invoke(app, [*base, "--zsre-target", "gold", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "use answers or alt" in bad.output
+    assert len(recording_editor.calls) == 2

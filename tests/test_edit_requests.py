@@ -128,7 +128,7 @@ def test_zsre_format_answers_and_alt(tmp_path):
     assert memit == EditRequest(
         case_id="0", subject="UniFirst", template="What is the product made by {}?", target_new="uniform",
         target_true=None, paraphrase_prompts=("What will be the product of UniFirst?",),
-        neighborhood=(LocalityPrompt("nq question: john goodman's character in the big lebowski", "Walter Sobchak"),),
+        neighborhood=(LocalityPrompt("nq question: john goodman's character in the big lebowski?", "Walter Sobchak"),),
         relation_id=None, source=str(path), metric_family="zsre",
     )
     assert memit.extra == {"pred": "uniform"}
@@ -255,6 +255,16 @@ def test_malformed_records_name_file_record_and_field(tmp_path, fmt, mutate, fie
     with pytest.warns(UserWarning, match=r"Skipped 1 of 2 malformed records"):
         kept = load_edit_requests(path, fmt=fmt, on_invalid="skip")
     assert [r.case_id for r in kept] == ["first"]
+
+
+def test_zsre_loc_question_is_scored_with_a_question_mark(tmp_path):
+    # MEMIT's zsRE protocol prompts the neighborhood as loc + "?"; a "?" already there is not doubled.
+    record = zsre_record()
+    asked = dict(record, case_id=1, loc="who wrote the iliad?")
+    [plain, marked] = load_edit_requests(write_json(tmp_path / "z.json", [record, asked]))
+    assert plain.neighborhood == (
+        LocalityPrompt("nq question: john goodman's character in the big lebowski?", "Walter Sobchak"),)
+    assert marked.neighborhood == (LocalityPrompt("who wrote the iliad?", "Walter Sobchak"),)
 
 
 def test_zsre_empty_alt_only_matters_when_alt_is_the_target(tmp_path):
@@ -406,6 +416,7 @@ def test_shared_zsre(shared_data, name, count):
     assert all(r.metric_family == "zsre" and r.target_true is None for r in requests)
     for request, record in zip(requests, raw, strict=True):
         assert (request.prompt, request.target_new) == (record["src"], record["answers"][0])
+        assert request.neighborhood == (LocalityPrompt(record["loc"] + "?", record["loc_ans"]),)
     empty_alt = [i for i, rec in enumerate(raw) if not rec["alt"].strip()]
     if not empty_alt:
         assert len(load_edit_requests(path, zsre_target="alt")) == count

@@ -20,6 +20,7 @@ from editdecay.evaluation import (
     summarize_edit_metrics,
 )
 from editdecay.evaluation.batching import TokenScores, encode, greedy_generate, score_continuations
+from editdecay.models.kvcache import CACHE_ARG
 from tiny import bos_for, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -38,7 +39,7 @@ class BigramLM(nn.Module):
             logits = torch.take_along_dim(logits, logits_to_keep[..., None], dim=1)
         elif logits_to_keep:
             logits = logits[:, -logits_to_keep:]
-        return SimpleNamespace(logits=logits, past_key_values=_Unused())
+        return SimpleNamespace(logits=logits, **{CACHE_ARG: _Unused()})
 
 
 class _Unused:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -285,6 +286,20 @@ def test_save_load_round_trip_reproduces_the_validation_loss(tmp_path: Path, met
     assert corpus_loss(base, tokenizer, val, spec) != pytest.approx(result.val_loss, abs=1e-3)
     merged = load_finetuned(base, result, merge=True)
     assert corpus_loss(merged, tokenizer, val, spec) == pytest.approx(result.val_loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_fine_tuned_model_comes_back_in_its_bases_precision(tmp_path: Path, method: str) -> None:
+    base = tiny_model("llama").to(torch.bfloat16)
+    result, _ = _run(tmp_path, method, _spec(method=method, max_steps=2, lr=1e-2), model=base)
+    for merge in (False, True):
+        loaded = load_finetuned(base, result, merge=merge)
+        assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}, (method, merge)
+    # Merged in float32 first, then rounded once: the same as rounding the float32 merge of a float32 base.
+    merged = load_finetuned(base, result, merge=True)
+    reference = load_finetuned(copy.deepcopy(base).float(), result, merge=True, check_base=False)
+    for name, param in merged.named_parameters():
+        torch.testing.assert_close(param, reference.get_parameter(name).bfloat16(), rtol=0, atol=0)
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,8 +34,12 @@ def _block_output_type(model: nn.Module) -> type:
 
 @pytest.fixture(scope="module")
 def tuple_model() -> nn.Module:
-    model = tiny_model("gptj", seed=3)  # GPT-J blocks return (hidden, ...) in transformers 5
-    assert _block_output_type(model) is tuple
+    model = tiny_model("gptj", seed=3)  # GPT-J blocks return (hidden, ...) up to transformers 5.23
+    if _block_output_type(model) is not tuple:
+        import transformers
+
+        pytest.skip(f"GPT-J blocks return a bare tensor in transformers {transformers.__version__}: no tuple-output "
+                    "architecture to test the tuple path on (constraints.txt pins a version that has one)")
     return model
 
 

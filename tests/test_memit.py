@@ -27,7 +27,7 @@ from editdecay.editing.keys import compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
 from editdecay.editing.targets import TargetSettings, _adam_step, compute_targets
-from editdecay.models import arch_for, mlp_out
+from editdecay.models import DtypeResolver, arch_for, mlp_out
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_config, tiny_model, tiny_tokenizer
 
@@ -327,22 +327,23 @@ def test_presets_are_recognised_from_the_model_shape() -> None:
     smol = meta(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                 num_key_value_heads=3)
     assert preset_for_model(smol) == "smollm2-135m"
-    assert build_editor("memit").resolved_hparams(smol).mom2_update_weight == 1500
-    # bfloat16 target steps were measured for SmolLM2 only; published presets and the fallback keep the
-    # model's dtype, and an override can switch it off.
-    assert build_editor("memit").resolved_hparams(smol).v_dtype == "bfloat16"
-    assert build_editor("memit", {"v_dtype": None}).resolved_hparams(smol).v_dtype is None
+    fast = DtypeResolver(forced="bfloat16")  # what the probe answers on an AVX512-BF16 CPU
+    assert build_editor("memit", dtypes=fast).resolved_hparams(smol).mom2_update_weight == 1500
+    # Every preset and the fallback leave the target steps' dtype to the probe (v_dtype auto); an override
+    # can pin the model's own dtype (null).
+    assert build_editor("memit", dtypes=fast).resolved_hparams(smol).v_dtype == "bfloat16"
+    assert build_editor("memit", {"v_dtype": None}, dtypes=fast).resolved_hparams(smol).v_dtype is None
     with pytest.raises(ValueError, match="v_dtype='int8'"):
         build_editor("memit", {"v_dtype": "int8"})
     llama3 = meta(num_hidden_layers=32, hidden_size=4096, vocab_size=128256, num_attention_heads=32)
     assert preset_for_model(llama3) == "llama-3-8b"
-    hp = build_editor("memit").resolved_hparams(llama3)
-    assert (hp.layers, hp.v_lr, hp.mom2_update_weight, hp.v_dtype) == ([4, 5, 6, 7, 8], 0.1, 15000, None)
+    hp = build_editor("memit", dtypes=DtypeResolver(forced="float32")).resolved_hparams(llama3)
+    assert (hp.layers, hp.v_lr, hp.mom2_update_weight, hp.v_dtype) == ([4, 5, 6, 7, 8], 0.1, 15000, "float32")
     with pytest.raises(ValueError, match="outside the model"):
         build_editor("memit", preset="gpt2-xl").resolved_hparams(tiny_model("gpt2"))
-    fallback = build_editor("memit").resolved_hparams(tiny_model("llama"))
+    fallback = build_editor("memit", dtypes=fast).resolved_hparams(tiny_model("llama"))
     assert fallback.mom2_update_weight == tiny_config("llama").intermediate_size
-    assert fallback.layers == [0, 1, 2, 3] and fallback.v_dtype is None
+    assert fallback.layers == [0, 1, 2, 3] and fallback.v_dtype == "bfloat16"
     with pytest.raises(ValueError, match="Unknown preset"):
         build_editor("memit", preset="gpt5")
 

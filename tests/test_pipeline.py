@@ -52,6 +52,18 @@ def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Pa
     pd.testing.assert_frame_equal(pd.read_parquet(again.run_dir / "metrics.parquet"), metrics)
 
 
+def test_a_bfloat16_run_evaluates_the_four_groups_in_one_precision(tmp_path: Path) -> None:
+    raw = write_tiny_experiment(tmp_path)
+    raw["model"]["dtype"] = "bfloat16"
+    raw["evaluation"]["activations"] = False
+    result = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "store", tmp_path / "runs")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["evaluation_dtype"] == "bfloat16"
+    resolved = summary["resolved"]
+    assert resolved["finetune_spec"]["compute_dtype"] == resolved["editor_hparams"]["v_dtype"] == "float32"
+    assert resolved["dtype_probes"][0]["reason"] == "EDITDECAY_AUTO_DTYPE=float32 set"
+
+
 def test_configs_share_artifacts(tmp_path: Path) -> None:
     raw = write_tiny_experiment(tmp_path)
     store, runs = tmp_path / "store", tmp_path / "runs"
@@ -70,8 +82,10 @@ def test_dry_run_plan_counts_and_cache(tmp_path: Path) -> None:
     store, runs = ArtifactStore(tmp_path / "store"), tmp_path / "runs"
     plan = plan_grid(configs, store, runs)
     assert len(plan.stages["edits"].to_run) == 2
-    assert len(plan.stages["fine-tunings"].to_run) == 3  # M and Med of each editor with all layers (M shared)
-    assert plan.stages["fine-tunings"].undetermined == 4  # 'edited' policies wait for the patch's layers
+    # Edit layers are resolved before anything runs: M once per layer policy (both editors edit layers 1-2),
+    # Med once per editor and policy.
+    assert len(plan.stages["fine-tunings"].to_run) == 2 + 4
+    assert not plan.stages["fine-tunings"].undetermined
     run_experiment(configs[0], store.root, runs)
     plan = plan_grid(configs, store, runs)
     assert plan.complete_runs == 1

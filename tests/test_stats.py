@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -11,6 +12,7 @@ import torch
 from editdecay.editing import StatisticError, StatsStore, collect_stats, open_corpus
 from editdecay.editing import stats as stats_module
 from editdecay.editing.corpus import SampledCorpus, TextCorpus, sample_sequences
+from editdecay.editing.keyed_tensors import write_keyed_tensors
 from editdecay.models import mlp_out, model_fingerprint
 from test_edit_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_model, tiny_tokenizer
@@ -93,6 +95,34 @@ def test_store_caches_and_never_serves_another_model(tmp_path, corpus_file, monk
     # Different token counts and dtypes are different keys.
     assert store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=500)[1].shape == first[1].shape
     assert store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=600, dtype="float64")[1].dtype == torch.float64
+
+
+def test_cache_files_carry_their_format_and_only_missing_layers_are_collected(tmp_path, corpus_file,
+                                                                             monkeypatch) -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    store = StatsStore(tmp_path)
+    first = store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=300)
+    collected: list[list[int]] = []
+    real = stats_module.collect_stats
+
+    def counting(model, tokenizer, layers, *args, **kwargs):
+        collected.append(layers)
+        return real(model, tokenizer, layers, *args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "collect_stats", counting)
+    both = store.get(model, tok, [2, 1], corpus=str(corpus_file), n_tokens=300)
+    assert collected == [[2]] and list(both) == [1, 2] and torch.equal(both[1], first[1])
+    key = stats_module.StatsKey(model_fingerprint(model), 1, open_corpus(str(corpus_file)).corpus_id, 300,
+                                "float32", 128)
+    assert key.format == stats_module.STATS_FORMAT
+    assert store.path(key).name == "layer001-n300-len128-float32.stats-1.safetensors"
+    # A file written by code of another format is not read, even at the current path.
+    older = dataclasses.replace(key, format="stats/0")
+    assert store.path(older) != store.path(key)
+    write_keyed_tensors(store.path(key), {"moment": first[1]}, dataclasses.asdict(older), n_tokens="300",
+                        n_documents="1", seconds="0")
+    assert torch.equal(store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=300)[1], first[1])
+    assert collected == [[2], [1]]
 
 
 def test_corpus_formats_and_identity(tmp_path) -> None:

@@ -13,6 +13,7 @@ import torch
 from editdecay.data import DataFormatError, TaskItem
 from editdecay.data.tasks import BUILTIN_TASK, STUDY_TASKS, alpaca_prompt, builtin_task_items, task_spec
 from editdecay.evaluation import evaluate_tasks, extract_answer, load_task, option_pairs, task_accuracy, task_available
+from editdecay.evaluation.downstream import generation_record
 from tiny import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -114,6 +115,35 @@ def test_answer_extraction_first_hit(task: str, generation: str, expected: str |
     assert extract_answer(task, generation) == expected
 
 
+@pytest.mark.parametrize(("task", "generation", "lenient", "study"), [
+    ("boolq", "Answer: True", "true", None),
+    ("boolq", "the answer is true", "true", "true"),
+    ("boolq", "True, although false is also heard", "true", "false"),
+    ("piqa", "Solution1 is worse than solution2", "solution1", "solution2"),
+    ("ARC-Easy", "ANSWER3", "answer3", None),
+])
+def test_study_extraction_is_case_sensitive(task: str, generation: str, lenient: str | None,
+                                            study: str | None) -> None:
+    assert extract_answer(task, generation) == extract_answer(task, generation, "lenient") == lenient
+    assert extract_answer(task, generation, "study") == study
+
+
+def test_generation_records_name_the_extraction() -> None:
+    item = TaskItem("boolq", "b-0", "Is 3 larger than 2?", "", "true", ("true", "false"), ("true", "false"),
+                    "Is 3 larger than 2?")
+    expected = {"task": "boolq", "item_id": "b-0", "mode": "generate", "answer": "true", "generation": "Answer: True",
+                "num_beams": 4}
+    assert generation_record(item, "Answer: True", 4, "lenient") == {
+        **expected, "prediction": "true", "correct": True, "answer_extraction": "lenient"}
+    assert generation_record(item, "Answer: True", 4, "study") == {
+        **expected, "prediction": None, "correct": False, "answer_extraction": "study"}
+    with pytest.raises(ValueError, match="answer_extraction"):
+        extract_answer("boolq", "true", "strict")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="answer_extraction"):
+        evaluate_tasks(None, None, [BUILTIN_TASK], data_dir=None, mode="generate",  # type: ignore[arg-type]
+                       answer_extraction="strict")
+
+
 def test_option_pairs_styles() -> None:
     wino = TaskItem("winogrande", "w-0", "", "", "option2", ("option1", "option2"), ("Sarah", "Maria"),
                     "Sarah was a better surgeon than Maria so _ got the easier cases.", "blank")
@@ -178,6 +208,10 @@ def test_generate_mode_reads_planted_answer(arc_dir: Path) -> None:
     greedy = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", progress=False)
     assert greedy["generation"].tolist() == [f"the correct answer is {i.answer}" for i in items]
     assert greedy["correct"].all() and greedy["prediction"].tolist() == ["answer2", "answer1"]
+    assert greedy["answer_extraction"].tolist() == ["lenient", "lenient"]
+    study = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", progress=False,
+                           answer_extraction="study")
+    assert study["prediction"].tolist() == ["answer2", "answer1"] and set(study["answer_extraction"]) == {"study"}
     beam = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", num_beams=2,
                           progress=False)
     assert beam["prediction"].tolist() == ["answer2", "answer1"]

@@ -61,6 +61,10 @@ class EvaluationConfig(_Strict):
     task_mode: Literal["loglik", "generate"] = "loglik"
     task_limit: int | None = Field(20, ge=1)
     task_data_dir: str | None = None
+    # generate mode: beam width (1 = greedy) and answer extraction (lenient: case-insensitive; study: the
+    # LLM-Adapters evaluator's case-sensitive first match)
+    num_beams: int = Field(1, ge=1)
+    answer_extraction: Literal["lenient", "study"] = "lenient"
     activations: bool = True
     activation_prompts: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)

@@ -64,7 +64,7 @@ def stats_command(
     stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
 ) -> None:
-    """Collect (or load from the cache) E[k k^T] for every requested layer in one pass over the corpus.
+    r"""Collect (or load from the cache) E\[k k^T] for every requested layer in one pass over the corpus.
 
     Unset options take the values `editdecay edit` will use for this model (its MEMIT preset), so the
     statistics computed here are the ones the edit reuses."""
@@ -97,8 +97,10 @@ def edit_command(
     dataset: str = typer.Option("builtin", "--dataset",
                                 help="builtin, or a CounterFact (ROME/EasyEdit) / zsRE / built-in JSON(L) file."),
     n: int = typer.Option(None, "--n", min=1, help="Number of edit requests (default: all)."),
-    sample_seed: int = typer.Option(None, "--sample-seed", help="Take a seeded random sample of n (default: first n)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the context templates."),
+    seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed (default: the "
+                             "first n), as in `editdecay evaluate`."),
+    zsre_target: str = typer.Option("answers", "--zsre-target", help="zsRE target: answers (MEMIT) or alt."),
+    editor_seed: int = typer.Option(0, "--editor-seed", help="Seed of the editor's context templates."),
     hparams: Path = typer.Option(None, "--hparams", help="MEMIT JSON / EasyEdit YAML hyperparameter file."),
     preset: str = typer.Option(None, "--preset", help="Preset name (default: recognised from the model)."),
     settings: list[str] = typer.Option([], "--set", help="Override a hyperparameter: key=value (repeatable)."),
@@ -125,8 +127,10 @@ def edit_command(
 
     if editor not in _EDITORS:
         raise typer.BadParameter(f"{editor!r}: choose one of {', '.join(_EDITORS)}", param_hint="--editor")
+    if zsre_target not in ("answers", "alt"):
+        raise typer.BadParameter(f"{zsre_target!r}: use answers or alt", param_hint="--zsre-target")
     try:
-        requests = load_edit_requests(dataset, n, seed=sample_seed)
+        requests = load_edit_requests(dataset, n, seed=seed, zsre_target=zsre_target)  # type: ignore[arg-type]
     except (DataFormatError, FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--dataset/--n") from err
     overrides: dict[str, Any] = {}
@@ -144,12 +148,13 @@ def edit_command(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     loaded = _load(model, threads)
-    summary: dict[str, Any] = {"model": model, "editor": editor, "dataset": dataset, "n_requests": len(requests)}
+    summary: dict[str, Any] = {"model": model, "editor": editor, "dataset": dataset, "n_requests": len(requests),
+                               "seed": seed, "zsre_target": zsre_target, "editor_seed": editor_seed}
     if evaluate:
         summary["before"] = _scores(loaded, requests)
     try:
         patch = chosen.edit(loaded.model, loaded.tokenizer, requests, stats=StatsStore(_stats_root(stats_dir)),
-                            seed=seed, fingerprint=loaded.fingerprint)
+                            seed=editor_seed, fingerprint=loaded.fingerprint)
     except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError,
             FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err

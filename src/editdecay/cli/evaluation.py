@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from editdecay.cli.app import app
+
+if TYPE_CHECKING:
+    from editdecay.data import EditRequest
+    from editdecay.editing import WeightPatch
 
 
 def _split(text: str | None) -> list[str]:
@@ -20,11 +25,14 @@ def evaluate_command(
     out: Path = typer.Option(..., "--out", help="Output directory for the parquet tables and summary.json."),
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
     patch: Path = typer.Option(None, "--patch", help="WeightPatch directory: adds the edited group Med."),
+    allow_other_requests: bool = typer.Option(False, "--allow-other-requests",
+                                              help="Evaluate requests other than the ones --patch edited (warns)."),
     adapter: Path = typer.Option(None, "--adapter", help="Fine-tuning result directory: adds Mft (without --patch) "
                                  "or Med_ft (trained on the patched model)."),
     dataset: str = typer.Option("builtin", "--dataset", help="Edit requests: builtin or a CounterFact/zsRE file."),
     n: int = typer.Option(None, "--n", help="Number of edit requests (default: all)."),
-    seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed."),
+    seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed (default: the "
+                             "first n), as in `editdecay edit`."),
     zsre_target: str = typer.Option("answers", "--zsre-target", help="zsRE target: answers (MEMIT) or alt."),
     control: str = typer.Option(None, "--control", help="Unedited control facts tracked across groups "
                                 "(e.g. builtin-control)."),
@@ -35,7 +43,11 @@ def evaluate_command(
                                   help="LLM-Adapters eval folder, or a data root holding commonsense/eval."),
     mode: str = typer.Option("loglik", "--mode", help="Downstream mode: loglik or generate."),
     limit: int = typer.Option(None, "--limit", help="Items per downstream task (default: all)."),
-    num_beams: int = typer.Option(1, "--num-beams", help="Beam width in generate mode (1 = batched greedy)."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1,
+                                  help="Beam width in generate mode (1 = batched greedy)."),
+    answer_extraction: str = typer.Option("lenient", "--answer-extraction",
+                                          help="Generate mode: lenient (case-insensitive) or study (case-sensitive, "
+                                          "first match, as the LLM-Adapters evaluator)."),
     activations: bool = typer.Option(True, "--activations/--no-activations",
                                      help="Activation shift between the groups (needs --patch or --adapter)."),
     activation_prompts: int = typer.Option(64, "--activation-prompts",
@@ -52,6 +64,8 @@ def evaluate_command(
         raise typer.BadParameter(f"{mode!r}: use loglik or generate", param_hint="--mode")
     if zsre_target not in ("answers", "alt"):
         raise typer.BadParameter(f"{zsre_target!r}: use answers or alt", param_hint="--zsre-target")
+    if answer_extraction not in ("lenient", "study"):
+        raise typer.BadParameter(f"{answer_extraction!r}: use lenient or study", param_hint="--answer-extraction")
     task_names = _split(tasks)
     try:
         requests = load_edit_requests(dataset, n, seed=seed, zsre_target=zsre_target)  # type: ignore[arg-type]
@@ -63,8 +77,17 @@ def evaluate_command(
             load_task(task, data_dir, limit=limit)  # fail on a missing or malformed task before loading models
     except (DataFormatError, FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--tasks/--data-dir") from err
+    loaded_patch = None
+    if patch is not None:
+        from editdecay.editing import WeightPatch
+
+        try:
+            loaded_patch = WeightPatch.load(patch)
+        except (FileNotFoundError, ValueError) as err:
+            raise typer.BadParameter(str(err), param_hint="--patch") from err
+        _check_patch_requests(loaded_patch, requests, allow_other_requests)
     try:
-        models, tokenizer, origin = _model_groups(model, patch, adapter, load_model)
+        models, tokenizer, origin = _model_groups(model, loaded_patch, adapter, load_model)
     except ModelLoadError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from err
     except (FileNotFoundError, ValueError) as err:
@@ -72,7 +95,8 @@ def evaluate_command(
     try:
         result = evaluate_groups(models, tokenizer, requests, control=control_requests, tasks=task_names,
                                  data_dir=data_dir, task_mode=mode, task_limit=limit,  # type: ignore[arg-type]
-                                 num_beams=num_beams, activations=activations,
+                                 num_beams=num_beams, answer_extraction=answer_extraction,  # type: ignore[arg-type]
+                                 activations=activations,
                                  activation_prompts=activation_prompts, batch_size=batch_size, progress=progress)
     except (DataFormatError, ValueError) as err:
         typer.echo(f"Error: {err}", err=True)
@@ -80,6 +104,7 @@ def evaluate_command(
     extra = {"model": model, "model_origin": origin, "patch": str(patch) if patch else None,
              "adapter": str(adapter) if adapter else None, "dataset": dataset, "n": len(requests),
              "control": control, "tasks": task_names, "task_mode": mode, "task_limit": limit,
+             "answer_extraction": answer_extraction if mode == "generate" else None,
              "data_dir": os.fspath(data_dir) if data_dir else None}
     for path in write_evaluation(result, out, extra):
         typer.echo(f"wrote {path}")
@@ -98,15 +123,31 @@ def _fmt(value: float | None, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.1f}"
 
 
-def _model_groups(model: str, patch: Path | None, adapter: Path | None, load_model):
-    """M, plus Med = M + patch, and Mft = M + adapter or Med_ft = Med + adapter."""
+def _check_patch_requests(patch: WeightPatch, requests: list[EditRequest], allow_other: bool) -> None:
+    """Refuse (or, with --allow-other-requests, warn) when the evaluated requests are not the patch's."""
+    patched = set(patch.request_ids)
+    evaluated = [r.case_id for r in requests]
+    in_patch = sum(case_id in patched for case_id in evaluated)
+    not_evaluated = len(patched - set(evaluated))
+    if in_patch == len(evaluated) and not not_evaluated:
+        return
+    message = (f"the evaluated requests are not the ones --patch edited: {in_patch} of the {len(evaluated)} "
+               f"evaluated requests are in the patch, {not_evaluated} of the patch's {len(patched)} requests are "
+               "not evaluated" + ("" if patched else " (its manifest records no request_ids)"))
+    if not allow_other:
+        raise typer.BadParameter(
+            f"{message}. Select the patch's requests (the --dataset, --n and --seed given to `editdecay edit`), "
+            "or pass --allow-other-requests.", param_hint="--patch/--dataset")
+    typer.echo(f"WARNING: {message}; continuing because of --allow-other-requests.", err=True)
+
+
+def _model_groups(model: str, patch: WeightPatch | None, adapter: Path | None, load_model):
+    """M, plus Med = M + patch (a loaded WeightPatch), and Mft = M + adapter or Med_ft = Med + adapter."""
     base = load_model(model)
     models = {"M": base.model}
     if patch is not None:
-        from editdecay.editing import WeightPatch
-
         edited = load_model(model).model
-        WeightPatch.load(patch).apply(edited)
+        patch.apply(edited)
         models["Med"] = edited
     if adapter is not None:
         from editdecay.finetuning import load_finetuned

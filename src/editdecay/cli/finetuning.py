@@ -12,7 +12,7 @@ _POLICIES = ("all", "edited", "non_edited")
 _DEFAULTS = {  # FinetuneSpec's defaults, repeated here so `--help` needs no torch import (checked by a test)
     "r": 8, "alpha": 16.0, "dropout": 0.05, "epochs": 3, "batch_size": 16, "grad_accum": 1, "warmup_steps": 0,
     "warmup_ratio": 0.05, "weight_decay": 0.0, "seed": 0, "cutoff_len": 256, "train_on_inputs": True,
-    "compute_dtype": "bfloat16",
+    "compute_dtype": "auto",
 }
 
 
@@ -51,7 +51,9 @@ def finetune_command(
     cutoff_len: int = typer.Option(_DEFAULTS["cutoff_len"], "--cutoff-len", help="Tokens kept per example."),
     train_on_inputs: bool = typer.Option(_DEFAULTS["train_on_inputs"], "--train-on-inputs/--no-train-on-inputs",
                                          help="Take the loss on prompt tokens too."),
-    dtype: str = typer.Option(_DEFAULTS["compute_dtype"], "--dtype", help="Compute dtype: bfloat16 or float32."),
+    dtype: str = typer.Option(_DEFAULTS["compute_dtype"], "--dtype",
+                              help="Compute dtype: auto (bfloat16 where a probe measures it faster), bfloat16 or "
+                              "float32."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Hold out this fraction for a validation loss."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between checkpoints."),

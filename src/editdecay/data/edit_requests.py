@@ -285,7 +285,9 @@ def _parse_zsre(record: dict[str, Any], source: str, index: int, zsre_target: st
     neighborhood: tuple[LocalityPrompt, ...] = ()
     if "loc" in record:
         loc = _text(record, "loc", source, index)
-        neighborhood = (LocalityPrompt(loc, _text(record, "loc_ans", source, index)),)
+        # MEMIT scores the loc question as loc + "?"; the raw loc strings (NQ questions) lack the mark.
+        prompt = loc if loc.endswith("?") else loc + "?"
+        neighborhood = (LocalityPrompt(prompt, _text(record, "loc_ans", source, index)),)
     return EditRequest(
         case_id=_case_id(record, source, index),
         subject=subject,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +53,11 @@ class EditRequest:
         """The edit prompt with the subject filled in."""
         return self.template.format(self.subject)
 
+    @property
+    def prompt_parts(self) -> tuple[str, str]:
+        """The prompt's text before and after the subject: `prompt == head + subject + tail`."""
+        return split_template(self.template)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -61,6 +67,28 @@ class EditRequest:
         data["paraphrase_prompts"] = tuple(data.get("paraphrase_prompts", ()))
         data["neighborhood"] = tuple(LocalityPrompt(**n) for n in data.get("neighborhood", ()))
         return cls(**data)
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """The text before and after a template's one bare `{}` field, with literal braces (`{{`, `}}`)
+    unescaped as `str.format` does, so that `template.format(s) == head + s + tail`.
+
+    Splitting the raw template at "{}" instead would keep `{{math}}` doubled (and split `{{}}`), so the
+    editor would see other text than the scorer. ValueError unless there is exactly one bare `{}`.
+    """
+    head: list[str] = []
+    tail: list[str] = []
+    fields = 0
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        (tail if fields else head).append(literal)
+        if name is None:
+            continue
+        if name or spec or conversion:
+            raise ValueError(f"template {template!r}: only a bare '{{}}' field is allowed, got {{{name}}}")
+        fields += 1
+    if fields != 1:
+        raise ValueError(f"template {template!r} must contain exactly one '{{}}' (found {fields})")
+    return "".join(head), "".join(tail)
 
 
 def template_from_prompt(prompt: str, subject: str) -> str:

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from editdecay.models import eos_ids_of
+from editdecay.models.kvcache import cache_kwargs, output_cache
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def sample_sequences(
                 logits[:, banned] = float("-inf")
                 token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
                 ids = torch.cat([ids, token], dim=1)
-                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                out = model(input_ids=token, **cache_kwargs(output_cache(out)), use_cache=True)
                 bar.update(rows)
             sequences.extend(ids.cpu())
     return sequences

@@ -38,7 +38,7 @@ from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
 from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.targets import TargetResult, compute_targets
-from editdecay.models import arch_for, model_fingerprint
+from editdecay.models import DtypeResolver, ModelShape, arch_for, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class LocateEditor(ABC, Generic[HP]):
     hparams_class: ClassVar[type[MemitHyperParams]]
 
     def __init__(self, hparams: dict[str, Any] | str | Path | MemitHyperParams | None = None, *,
-                 preset: str | None = None) -> None:
+                 preset: str | None = None, dtypes: DtypeResolver | None = None) -> None:
+        self.dtypes = dtypes or DtypeResolver()
         if isinstance(hparams, MemitHyperParams):
             self.overrides: dict[str, Any] = hparams.to_dict()
             self.source = "hyperparameter object"
@@ -89,18 +90,25 @@ class LocateEditor(ABC, Generic[HP]):
     def _alphaedit(self) -> bool:
         return self.name == "alphaedit"
 
-    def resolved_hparams(self, model: nn.Module) -> HP:
-        """Defaults < preset (named, or recognised from the model) < overrides; checked against the model."""
-        preset = self.preset or preset_for_model(model)
+    def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> HP:
+        """Defaults < preset (named, or recognised from the model) < overrides; checked against the model, with
+        `v_dtype: auto` resolved for `device` (default: the model's). A ModelShape resolves them without weights."""
+        shape = ModelShape.of(model)
+        preset = self.preset or preset_for_model(shape)
         if preset is not None:
             base = preset_values(preset, alphaedit=self._alphaedit)
         else:
-            base = fallback_hparams(model)
+            base = fallback_hparams(shape)
             log.warning("No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
                         "Tune them for this model (bench/edit_speed.py shows how).", self.name, base["layers"],
                         base["mom2_update_weight"])
-        hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source)
-        return hp.for_model(model)  # type: ignore[return-value]
+        hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source).for_model(shape)
+        model_dtype = None if isinstance(model, ModelShape) else next(model.parameters()).dtype
+        if device is None:
+            if isinstance(model, ModelShape):
+                raise ValueError("resolved_hparams of a ModelShape needs the device the edit will run on.")
+            device = str(next(model.parameters()).device)
+        return hp.with_resolved_dtype(self.dtypes, device, shape, model_dtype)  # type: ignore[return-value]
 
     def edit(
         self,
@@ -268,6 +276,7 @@ class LocateEditor(ABC, Generic[HP]):
             "update_norms": {str(layer): float(totals[layer].norm()) for layer in hp.layers},
             "batches": run.batches,
             "timings": {k: round(v, 3) for k, v in run.timings.items()},
+            "dtype_probes": [probe.to_dict() for probe in self.dtypes.results.values()],
             **run.extra,
             "versions": {"editdecay": editdecay.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
 from torch import nn
 
 from editdecay.editing.targets import TargetSettings
-from editdecay.models import check_layers, default_edit_layers, num_blocks
+from editdecay.models import AUTO, DtypeResolver, ModelShape, check_layers, default_edit_layers
 from editdecay.models.arch import known_model
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class MemitHyperParams:
     context_template_tokens: int = 10  # length of each sampled prefix
     v_early_stop_loss: float = 0.05
     z_batch_size: int = 16  # requests optimised together (memory/speed knob; does not change the result)
-    v_dtype: str | None = None  # dtype of the target optimisation's passes (e.g. "bfloat16"); None: the model's
+    # dtype of the target optimisation's steps: "auto" (bfloat16 where a probe measures it faster, else
+    # float32), an explicit dtype, or None (the model's own)
+    v_dtype: str | None = AUTO
     ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
 
     @property
@@ -72,7 +75,7 @@ class MemitHyperParams:
     @classmethod
     def from_dict(cls: type[HP], data: dict[str, Any], *, source: str = "hparams") -> HP:
         known = {f.name for f in fields(cls)} - {"ignored"}
-        unknown = {k: v for k, v in data.items() if k not in known}
+        unknown = {k: v for k, v in data.items() if k not in known and k != "ignored"}
         if unknown:
             harness = sorted(k for k in unknown if k in _HARNESS_KEYS)
             other = sorted(k for k in unknown if k not in _HARNESS_KEYS)
@@ -128,24 +131,37 @@ class MemitHyperParams:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 or null, got {self.batch_size}")
-        if self.v_dtype not in (None, "float32", "float64", "bfloat16", "float16"):
-            problems.append(f"v_dtype={self.v_dtype!r}: use null, float32, float64, bfloat16 or float16")
+        if self.v_dtype not in (None, AUTO, "float32", "float64", "bfloat16", "float16"):
+            problems.append(f"v_dtype={self.v_dtype!r}: use auto, null, float32, float64, bfloat16 or float16")
         if self.mom2_dtype not in ("float32", "float64"):
             problems.append(f"mom2_dtype={self.mom2_dtype!r}: choose float32 or float64")
         if problems:
             raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
 
-    def for_model(self: HP, model: nn.Module) -> HP:
+    def for_model(self: HP, model: nn.Module | ModelShape) -> HP:
         """Fill the layers from the model when unset and check everything that depends on the model."""
-        hp = self if self.layers else self.replace(layers=list(default_edit_layers(model)))
-        check_layers(model, hp.layers)
-        last = num_blocks(model) - 1
+        shape = ModelShape.of(model)
+        hp = self if self.layers else self.replace(layers=list(default_edit_layers(shape)))
+        check_layers(shape, hp.layers)
+        last = shape.num_layers - 1
         if hp.v_loss_layer is not None and hp.v_loss_layer != last:
             raise ValueError(
                 f"v_loss_layer={hp.v_loss_layer}: the target loss is computed on the model's output, i.e. "
                 f"after its last block ({last}); set v_loss_layer to {last} or leave it out."
             )
         return hp
+
+    def with_resolved_dtype(self: HP, dtypes: DtypeResolver, device: str, shape: ModelShape,
+                            model_dtype: torch.dtype | None = None) -> HP:
+        """`v_dtype` made concrete: `auto` becomes what the probe measured faster on `device` (a float64 model
+        keeps float64: that precision was chosen on purpose, not for speed)."""
+        if self.v_dtype == AUTO and model_dtype == torch.float64:
+            return self.replace(v_dtype=None)
+        if self.v_dtype not in (AUTO, "bfloat16"):
+            return self
+        chosen = dtypes.resolve(self.v_dtype, device=device, d_in=shape.hidden_size, d_out=shape.intermediate_size,
+                                purpose="target steps")
+        return self if chosen == self.v_dtype else self.replace(v_dtype=chosen)
 
 
 @dataclass
@@ -228,7 +244,7 @@ for _published in _PUBLISHED.values():
 _MEASURED: dict[str, dict[str, Any]] = {
     "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
-                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000, "v_dtype": "bfloat16"},
+                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
     "gemma3-270m": {"layers": [3, 4, 5, 6, 7], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 500.0,
                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
@@ -246,7 +262,8 @@ PRESET_NOTES: dict[str, str] = {
         "2.3x less target-optimisation time; 10 @ 2.0 -> 98/92/66. Statistic tokens: 2k -> NS 60; 5k -> "
         "100/88/74; 20k -> 100/90/72; model-sampled 10k -> 98/88/66. AlphaEdit (threshold 2e-2 keeps "
         "997-1158 of 1536 directions): 98/88/66; the relative rule at 1% energy under-edits (64/56/70). "
-        "v_dtype bfloat16 (target steps on a bfloat16 copy; z_init, delta, Adam and log-softmax in float32), "
+        "Target steps in bfloat16 (v_dtype auto on an AVX512-BF16 CPU; a bfloat16 copy of the model; z_init, "
+        "delta, Adam, log-softmax float32), "
         "first 100 records, model-sampled statistic: MEMIT 99/91/63 (float32 100/91/63), AlphaEdit 99/91/64 "
         "(float32 99/91/62); target optimisation 1.5x (1 thread) to 2.1x (2 threads) faster, z 4.6% apart."
     ),
@@ -261,24 +278,23 @@ PRESET_NOTES: dict[str, str] = {
 ALPHAEDIT_EXTRA: dict[str, dict[str, Any]] = {name: {"nullspace_threshold": 2e-2, "L2": 10.0} for name in PRESETS}
 
 
-def fallback_hparams(model: nn.Module) -> dict[str, Any]:
-    """For models without a preset: the SmolLM2 values with layers from `default_edit_layers`, lambda = m
-    (the MLP width) and target optimisation in the model's dtype (bfloat16 is validated per preset).
-    lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of the published GPT-J
-    (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
-    width = int(getattr(model.config, "intermediate_size", 0) or getattr(model.config, "n_inner", 0)
-                or 4 * model.config.hidden_size)
-    return {**_MEASURED["smollm2-135m"], "layers": list(default_edit_layers(model)),
-            "mom2_update_weight": float(width), "v_dtype": None}
+def fallback_hparams(model: nn.Module | ModelShape) -> dict[str, Any]:
+    """For models without a preset: the SmolLM2 values with layers from `default_edit_layers` and lambda = m
+    (the MLP width). lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of the published
+    GPT-J (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
+    shape = ModelShape.of(model)
+    return {**_MEASURED["smollm2-135m"], "layers": list(default_edit_layers(shape)),
+            "mom2_update_weight": float(shape.intermediate_size)}
 
 
-def preset_for_model(model: nn.Module) -> str | None:
+def preset_for_model(model: nn.Module | ModelShape) -> str | None:
     """The preset name of a recognised model shape (KNOWN_MODELS), or None."""
-    known = known_model(model)
+    shape = ModelShape.of(model)
+    known = known_model(shape)
     if known is None:
         return None
     if known.label == "llama-2-7b / llama-3-8b":
-        return "llama-3-8b" if model.config.vocab_size >= 128_000 else "llama-2-7b"
+        return "llama-3-8b" if shape.vocab_size >= 128_000 else "llama-2-7b"
     return known.label if known.label in PRESETS else None
 
 

@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from editdecay.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+
+def format_tag(fmt: str) -> str:
+    """A cache format ("stats/1") as it appears in file names ("stats-1")."""
+    return fmt.replace("/", "-")
 
 
 def write_keyed_tensors(path: str | Path, tensors: dict[str, torch.Tensor], key: dict[str, Any],
@@ -25,13 +30,17 @@ def write_keyed_tensors(path: str | Path, tensors: dict[str, torch.Tensor], key:
 
 def read_keyed_tensors(path: str | Path, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """The tensors and metadata at `path` when it exists and was written for `key`, else None: a cache file
-    is never used for inputs other than its own."""
+    is never used for inputs other than its own, nor when it is damaged (the caller then rewrites it)."""
     path = Path(path)
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if json.loads(metadata.get("key", "{}")) != key:
-        log.warning("Ignoring %s: it was stored for other inputs", path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if json.loads(metadata.get("key", "{}")) != key:
+            log.warning("Ignoring %s: it was stored for other inputs", path)
+            return None
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as err:
+        log.warning("Ignoring %s: it is unreadable (%s)", path, err)
         return None
-    return load_file(str(path)), metadata

@@ -21,6 +21,8 @@ from editdecay.models import combine_fingerprints, model_fingerprint
 from editdecay.storage import atomic_directory
 
 DELTAS_FILE = "deltas.safetensors"
+# Part of the store key of every patch: bump when the editors change what a patch holds for the same inputs.
+PATCH_FORMAT = "patch/2"
 MANIFEST_FILE = "manifest.json"
 _LAYER_RE = re.compile(r"\.(\d+)\.")
 

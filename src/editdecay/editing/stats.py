@@ -21,8 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from editdecay.editing.corpus import Corpus, SampledCorpus, TextCorpus, open_corpus, sample_sequences
-from editdecay.editing.keyed_tensors import read_keyed_tensors, write_keyed_tensors
+from editdecay.editing.keyed_tensors import format_tag, read_keyed_tensors, write_keyed_tensors
 from editdecay.editing.subject import pad_right
+from editdecay.locking import file_lock, locked_compute
 from editdecay.models import arch_for, check_layers, mlp_out, model_fingerprint
 from editdecay.models.hooks import record, run_until
 
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOKENS_PER_BATCH = 4096
+# Formats of the cache files written below, part of their keys and paths: bump when the code that writes
+# them (or computes what they hold) changes, so files of older code are never read.
+STATS_FORMAT = "stats/1"
+SAMPLED_FORMAT = "sampled/1"
 
 
 class StatisticError(ValueError):
@@ -46,12 +51,22 @@ class StatsKey:
     n_tokens: int
     dtype: str
     max_length: int
+    format: str = STATS_FORMAT
 
     def relative_path(self) -> Path:
+        return self._directory() / f"layer{self.layer:03d}-{self._sample()}.safetensors"
+
+    def group_path(self) -> Path:
+        """Names the lock shared by all layers of this fingerprint, corpus, size, dtype, length and format."""
+        return self._directory() / f"all-layers-{self._sample()}"
+
+    def _directory(self) -> Path:
         corpus = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.corpus_id)[:60]
         corpus_hash = hashlib.blake2b(self.corpus_id.encode(), digest_size=6).hexdigest()
-        return (Path(self.fingerprint) / f"{corpus}-{corpus_hash}"
-                / f"layer{self.layer:03d}-n{self.n_tokens}-len{self.max_length}-{self.dtype}.safetensors")
+        return Path(self.fingerprint) / f"{corpus}-{corpus_hash}"
+
+    def _sample(self) -> str:
+        return f"n{self.n_tokens}-len{self.max_length}-{self.dtype}.{format_tag(self.format)}"
 
 
 @dataclass
@@ -218,30 +233,44 @@ class StatsStore:
         max_length: int = 128,
         seed: int = 0,
     ) -> dict[int, LayerStats]:
-        """Like `get`, with the sample sizes and timing of each statistic."""
+        """Like `get`, with the sample sizes and timing of each statistic.
+
+        Processes asking for the same statistics compute them once: the missing layers are collected under
+        one lock per (fingerprint, corpus, n_tokens, dtype, max_length), held while they are checked again
+        and computed, so no set of per-layer locks is ever taken (in any order) by two workers at once.
+        """
         check_layers(model, list(layers))
         fingerprint = fingerprint or model_fingerprint(model)
         source = open_corpus(corpus, seed=seed)
-        found: dict[int, LayerStats] = {}
-        for layer in sorted(set(layers)):
-            key = StatsKey(fingerprint, layer, source.corpus_id, n_tokens, dtype, max_length)
-            cached = self._load(key)
-            if cached is not None:
-                found[layer] = cached
-        missing = sorted(set(layers) - set(found))
-        if missing:
-            sequences = None
-            if isinstance(source, SampledCorpus):
-                sequences = self._sampled(model, tokenizer, source, n_tokens, max_length, fingerprint)
-            fresh = collect_stats(model, tokenizer, missing, source, n_tokens=n_tokens, dtype=dtype,
-                                  max_length=max_length, fingerprint=fingerprint, sequences=sequences)
-            for stats in fresh.values():
-                self._save(stats)
-            found.update(fresh)
-        return found
+        keys = {layer: StatsKey(fingerprint, layer, source.corpus_id, n_tokens, dtype, max_length)
+                for layer in sorted(set(layers))}
+        found = self._load_missing(keys, {})
+        if len(found) == len(keys):
+            return found
+        with file_lock(self.root / next(iter(keys.values())).group_path()):
+            found = self._load_missing(keys, found)
+            missing = sorted(set(keys) - set(found))
+            if missing:
+                sequences = None
+                if isinstance(source, SampledCorpus):
+                    sequences = self._sampled(model, tokenizer, source, n_tokens, max_length, fingerprint)
+                fresh = collect_stats(model, tokenizer, missing, source, n_tokens=n_tokens, dtype=dtype,
+                                      max_length=max_length, fingerprint=fingerprint, sequences=sequences)
+                for stats in fresh.values():
+                    self._save(stats)
+                found.update(fresh)
+        return dict(sorted(found.items()))
 
     def path(self, key: StatsKey) -> Path:
         return self.root / key.relative_path()
+
+    def _load_missing(self, keys: dict[int, StatsKey], found: dict[int, LayerStats]) -> dict[int, LayerStats]:
+        """`found` plus every layer of `keys` not yet in it whose statistic is on disk."""
+        found = dict(found)
+        for layer, key in keys.items():
+            if layer not in found and (cached := self._load(key)) is not None:
+                found[layer] = cached
+        return found
 
     def _load(self, key: StatsKey) -> LayerStats | None:
         found = read_keyed_tensors(self.path(key), asdict(key))
@@ -260,14 +289,21 @@ class StatsStore:
     def _sampled(
         self, model: nn.Module, tokenizer, source: SampledCorpus, n_tokens: int, length: int, fingerprint: str
     ) -> list[torch.Tensor]:
-        """Sampled token sequences, cached next to the statistics (sampling is the expensive part)."""
+        """Sampled token sequences, cached next to the statistics (sampling is the expensive part); shared by
+        the statistics of every dtype, so taken under a lock of its own (always after a statistics lock)."""
         name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", source.corpus_id)
-        path = self.root / fingerprint / f"sampled-{name}-n{n_tokens}-len{length}.safetensors"
-        key = {"fingerprint": fingerprint, "corpus_id": source.corpus_id, "n_tokens": n_tokens, "length": length}
-        found = read_keyed_tensors(path, key)
-        if found is not None:
-            return list(found[0]["ids"])
-        sequences = sample_sequences(model, tokenizer, n_tokens, length=length, seed=source.seed)
-        write_keyed_tensors(path, {"ids": torch.stack(sequences)}, key)
-        return sequences
+        path = (self.root / fingerprint
+                / f"sampled-{name}-n{n_tokens}-len{length}.{format_tag(SAMPLED_FORMAT)}.safetensors")
+        key = {"fingerprint": fingerprint, "corpus_id": source.corpus_id, "n_tokens": n_tokens, "length": length,
+               "format": SAMPLED_FORMAT}
+
+        def load() -> list[torch.Tensor] | None:
+            found = read_keyed_tensors(path, key)
+            return None if found is None else list(found[0]["ids"])
+
+        def save(sequences: list[torch.Tensor]) -> None:
+            write_keyed_tensors(path, {"ids": torch.stack(sequences)}, key)
+
+        return locked_compute(path, load, lambda: sample_sequences(model, tokenizer, n_tokens, length=length,
+                                                                    seed=source.seed), save)
 

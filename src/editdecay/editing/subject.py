@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from editdecay.data import EditRequest
+from editdecay.data.records import split_template
 
 
 class EditInputError(ValueError):
@@ -21,11 +22,13 @@ class EditInputError(ValueError):
 def check_request(request: EditRequest) -> None:
     """Reject requests that would silently edit the wrong thing."""
     where = f"edit request {request.case_id!r}"
-    if request.template.count("{}") != 1:
+    try:
+        split_template(request.template)
+    except ValueError as err:
         raise EditInputError(
             f"{where}: template {request.template!r} must contain exactly one '{{}}' where the subject "
-            f"{request.subject!r} goes (the subject does not occur in its prompt)."
-        )
+            f"{request.subject!r} goes (the subject does not occur in its prompt), literal braces doubled."
+        ) from err
     if not request.subject.strip():
         raise EditInputError(f"{where}: the subject is empty.")
     if not request.target_new or not request.target_new.strip():
@@ -81,8 +84,8 @@ class PromptTokens:
 
 def prompt_tokens(tokenizer, context: str, request: EditRequest) -> PromptTokens:
     """Tokens of `context.format(request.prompt)` with the subject's last-token index."""
-    head, tail = request.template.split("{}")
-    prefix_text, suffix_text = context.split("{}")
+    head, tail = request.prompt_parts
+    prefix_text, suffix_text = split_template(context)
     ids, index = subject_last_index(tokenizer, prefix_text + head, request.subject, tail + suffix_text)
     return PromptTokens(ids, index)
 

@@ -16,10 +16,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from editdecay.data import EditRequest
-from editdecay.editing.keyed_tensors import read_keyed_tensors, write_keyed_tensors
+from editdecay.editing.keyed_tensors import format_tag, read_keyed_tensors, write_keyed_tensors
 from editdecay.editing.targets import TargetResult, TargetSettings
+from editdecay.locking import locked_compute
 
 log = logging.getLogger(__name__)
+
+# Format of the files TargetStore writes, part of their key and path: bump when the code that writes them
+# (or computes what they hold) changes, so files of older code are never read.
+TARGETS_FORMAT = "targets/1"
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class TargetKey:
     contexts: str  # digest of the context templates
     settings: str  # TargetSettings as JSON
     batch_size: int  # requests optimised together (results agree only within float tolerance across sizes)
+    format: str = TARGETS_FORMAT
 
     @classmethod
     def of(cls, fingerprint: str, requests: Sequence[EditRequest], contexts: Sequence[str],
@@ -40,27 +46,33 @@ class TargetKey:
                    json.dumps(asdict(settings), sort_keys=True), batch_size)
 
     def relative_path(self) -> Path:
-        return Path(self.fingerprint) / f"{_digest(asdict(self))[:24]}.safetensors"
+        return Path(self.fingerprint) / f"{_digest(asdict(self))[:24]}.{format_tag(self.format)}.safetensors"
 
 
 class TargetStore:
-    """Target values under `root`, keyed by `TargetKey` (checked again on load)."""
+    """Target values under `root`, keyed by `TargetKey` (checked again on load); processes asking for the
+    same key optimise them once (the others wait for, then read, the result)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def get(self, key: TargetKey, compute: Callable[[], TargetResult]) -> TargetResult:
         path = self.root / key.relative_path()
-        found = read_keyed_tensors(path, asdict(key))
-        if found is not None:
+
+        def load() -> TargetResult | None:
+            found = read_keyed_tensors(path, asdict(key))
+            if found is None:
+                return None
             log.info("Reusing target values from %s", path)
             tensors, meta = found
             return TargetResult(tensors["z"], tensors["z_init"], **json.loads(meta["diagnostics"]))
-        result = compute()
-        diagnostics = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("z", "z_init")}
-        write_keyed_tensors(path, {"z": result.z, "z_init": result.z_init}, asdict(key),
-                            diagnostics=json.dumps(diagnostics))
-        return result
+
+        def save(result: TargetResult) -> None:
+            diagnostics = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("z", "z_init")}
+            write_keyed_tensors(path, {"z": result.z, "z_init": result.z_init}, asdict(key),
+                                diagnostics=json.dumps(diagnostics))
+
+        return locked_compute(path, load, compute, save)
 
 
 def _digest(value: object) -> str:

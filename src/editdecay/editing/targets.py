@@ -23,7 +23,8 @@ Speed-ups that keep the math exact:
 - Sequences run in a few buckets of similar token counts (`padded_groups`), not one padded batch nor one
   group per count: a few large matrix products beat many small ones, and padding costs compute.
 
-With `compute_dtype` set (e.g. bfloat16, about 2x faster matrix products on a CPU with AVX512-BF16), the
+With `compute_dtype` set (e.g. bfloat16, about 2x faster matrix products on a CPU with AVX512-BF16, but 10-40x
+slower on one without: editors resolve `v_dtype: auto` by a measured probe, editdecay.models.precision), the
 steps run on a frozen low-precision copy of the model; the cached pass, z_init, δ, Adam and the log-softmax
 stay in float32, so only the loss surface δ descends is approximated.
 """
@@ -47,6 +48,7 @@ from editdecay.data import EditRequest
 from editdecay.editing.subject import essence_tokens, pad_right, prompt_tokens, target_ids
 from editdecay.models import arch_for, block, final_norm, num_blocks, pad_id_of, unembedding
 from editdecay.models.hooks import hidden_of, record, replay_block_output, run_until
+from editdecay.models.kvcache import cache_kwargs
 from editdecay.models.padding import padded_groups
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,9 @@ def _steps_model(model: nn.Module, dtype_name: str | None) -> nn.Module:
     copy uses eager attention: CPU SDPA's backward pass in bfloat16 is several times slower."""
     if dtype_name is None:
         return model
+    if dtype_name == "auto":
+        raise ValueError("compute dtype 'auto' must be resolved first (MemitHyperParams.with_resolved_dtype, or "
+                         "editdecay.models.DtypeResolver) before the target optimisation runs.")
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"compute dtype {dtype_name!r} is not a floating-point torch dtype.")
@@ -300,7 +305,7 @@ def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> 
                 input_ids = batch.input_ids[group, :value].to(device)
                 if suffix:
                     cache = DynamicCache(config=model.config)
-                    run_until(model, final_norm(model), input_ids=input_ids, past_key_values=cache, use_cache=True)
+                    run_until(model, final_norm(model), input_ids=input_ids, **cache_kwargs(cache), use_cache=True)
                     layers = [(k, v) for k, v, *_ in cache]
                     if past is None:
                         past = [(k.new_zeros(size, k.shape[1], length, k.shape[3]),
@@ -390,7 +395,7 @@ def _run_upper(model: nn.Module, batch: _Batch, prepared: _Prepared, seqs: torch
     kwargs: dict[str, object] = {"use_cache": False}
     if past_len:
         data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
-        kwargs = {"past_key_values": DynamicCache(ddp_cache_data=data, config=model.config), "use_cache": True}
+        kwargs = {**cache_kwargs(DynamicCache(ddp_cache_data=data, config=model.config)), "use_cache": True}
     norm_path = arch_for(model).final_norm_path
     with replay_block_output(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
         run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),

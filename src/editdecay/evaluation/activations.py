@@ -62,7 +62,7 @@ def probe_prompts(requests: Sequence[EditRequest], task_items: Sequence[TaskItem
     """
     edit: list[ProbePrompt] = []
     for request in requests:
-        start = request.template.format("\x00").index("\x00")  # where the subject goes (braces unescaped)
+        start = len(request.prompt_parts[0])  # where the subject goes (braces unescaped)
         edit.append(ProbePrompt(request.prompt, "edit", start + len(request.subject)))
         if paraphrases:
             edit += [ProbePrompt(p, "edit", _subject_end(p, request.subject)) for p in request.paraphrase_prompts]

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from editdecay.models.kvcache import cache_kwargs, output_cache
 from editdecay.models.padding import padded_groups
 
 PadSide = Literal["left", "right"]
@@ -226,7 +227,7 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
     decoding = [row for row, n in enumerate(greedy_lengths) if n > 1]
     if decoding:
         rows = torch.tensor(decoding, device=device)
-        cache = copy.deepcopy(out.past_key_values)  # the continuations below reuse the original
+        cache = copy.deepcopy(output_cache(out))  # the continuations below reuse the original
         cache.batch_select_indices(rows)
         decoded = _decode(model, cache, batch.attention_mask[rows], batch.position_ids[rows, -1:], first[rows],
                           [greedy_lengths[row] for row in decoding], frozenset())
@@ -236,7 +237,7 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
     later: dict[int, torch.Tensor] = {}
     if extended:
         rows = torch.tensor([row for _, row, _ in extended], device=device)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_select_indices(rows)  # one cache row per continuation (rows repeat)
         width = max(len(suffix) for _, _, suffix in extended)
         ids = torch.full((len(extended), width), pad_id, dtype=torch.long)
@@ -247,7 +248,7 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
         lengths = torch.tensor([len(contexts[row]) for _, row, _ in extended])
         positions = lengths[:, None] + torch.arange(width)[None, :]
         logits = model(input_ids=ids.to(device), attention_mask=torch.cat([batch.attention_mask[rows],
-                       mask.to(device)], dim=1), position_ids=positions.to(device), past_key_values=cache,
+                       mask.to(device)], dim=1), position_ids=positions.to(device), **cache_kwargs(cache),
                        use_cache=True).logits.float()
         later = {k: logits[i, :len(suffix)] for i, (k, _, suffix) in enumerate(extended)}
     logits_of = [torch.cat([first[row:row + 1], later[k]]) if k in later else first[row:row + 1]
@@ -283,7 +284,7 @@ def greedy_generate(
             batch = pad_batch([contexts_t[i] for i in chunk], pad_id, "left", device)
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids, use_cache=True, logits_to_keep=1)
-            new = _decode(model, out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:],
+            new = _decode(model, output_cache(out), batch.attention_mask, batch.position_ids[:, -1:],
                           out.logits[:, -1], [limits[i] for i in chunk], eos_ids)
             for i, tokens in zip(chunk, new, strict=True):
                 results[i] = tokens
@@ -313,7 +314,7 @@ def _decode(model: nn.Module, cache: object, mask: torch.Tensor, last_positions:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache_kwargs(cache),
                     use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
     return [tuple(g) for g in generated]

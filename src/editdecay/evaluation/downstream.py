@@ -2,7 +2,8 @@
 
 Two modes:
 - `generate` (the study's): Alpaca prompt, up to 32 new tokens (batched greedy, or beam search with
-  num_beams > 1), prediction = first hit of the task's answer-vocabulary regex (case-insensitive).
+  num_beams > 1), prediction = first hit of the task's answer-vocabulary regex: `lenient` extraction ignores
+  case ("True" counts as "true"); `study` extraction is case-sensitive, as the LLM-Adapters evaluator.
 - `loglik`: the option with the highest log-likelihood. Both scores are computed and kept under their own
   names: `sum` (total log-probability of the option's tokens) and `mean` (per-token mean); `loglik_score`
   picks which one fills `prediction` / `correct`. `loglik_target` chooses what is scored: `cloze` (the
@@ -12,6 +13,8 @@ Two modes:
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,13 +35,26 @@ from editdecay.models import eos_ids_of, pad_id_of
 Mode = Literal["generate", "loglik"]
 LoglikTarget = Literal["cloze", "label"]
 LoglikScore = Literal["sum", "mean"]
+AnswerExtraction = Literal["lenient", "study"]
 RESPONSE_PREFIX = "the correct answer is"
 
 
-def extract_answer(task: str, text: str) -> str | None:
-    """The first hit of the task's answer vocabulary in a generation (lower-cased), or None."""
-    match = task_spec(task).pattern.search(text)
+def extract_answer(task: str, text: str, extraction: AnswerExtraction = "lenient") -> str | None:
+    """The first hit of the task's answer vocabulary in a generation, or None.
+
+    `lenient` matches case-insensitively and lower-cases the hit; `study` is the LLM-Adapters evaluator's
+    rule: case-sensitive, so "True" or "Answer1" is no answer.
+    """
+    match = _answer_pattern(task, extraction).search(text)
     return match.group(0).lower() if match else None
+
+
+@functools.cache
+def _answer_pattern(task: str, extraction: AnswerExtraction) -> re.Pattern[str]:
+    if extraction not in ("lenient", "study"):
+        raise ValueError(f"answer_extraction must be 'lenient' or 'study', got {extraction!r}")
+    pattern = task_spec(task).pattern
+    return pattern if extraction == "lenient" else re.compile(pattern.pattern)
 
 
 def option_pairs(item: TaskItem, target: LoglikTarget) -> list[tuple[str, str]]:
@@ -69,6 +85,7 @@ def evaluate_tasks(
     loglik_target: LoglikTarget = "cloze",
     loglik_score: LoglikScore = "mean",
     max_new_tokens: int = 32,
+    answer_extraction: AnswerExtraction = "lenient",
 ) -> pd.DataFrame:
     """Per-item records (task, item_id, mode, prediction, answer, correct, ...) for every item of the tasks.
 
@@ -79,16 +96,19 @@ def evaluate_tasks(
     if loglik_target not in ("cloze", "label") or loglik_score not in ("sum", "mean"):
         raise ValueError(f"loglik_target must be cloze/label and loglik_score sum/mean, got "
                          f"{loglik_target!r}, {loglik_score!r}")
+    if answer_extraction not in ("lenient", "study"):
+        raise ValueError(f"answer_extraction must be 'lenient' or 'study', got {answer_extraction!r}")
     items = [item for task in tasks for item in load_task(task, data_dir, limit=limit)]
     if not items:
         raise ValueError(f"No downstream items to evaluate (tasks {list(tasks)}).")
     if mode == "generate":
-        return _generate(model, tokenizer, items, batch_size, num_beams, max_new_tokens, progress)
+        return _generate(model, tokenizer, items, batch_size, num_beams, max_new_tokens, answer_extraction,
+                         progress)
     return _loglik(model, tokenizer, items, batch_size, loglik_target, loglik_score, progress)
 
 
 def _generate(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: int, num_beams: int,
-              max_new_tokens: int, progress: bool) -> pd.DataFrame:
+              max_new_tokens: int, extraction: AnswerExtraction, progress: bool) -> pd.DataFrame:
     contexts = encode(tokenizer, [alpaca_prompt(i.instruction, i.input) for i in items], specials=True)
     pad, eos = pad_id_of(tokenizer), eos_ids_of(tokenizer, model)
     if num_beams > 1:
@@ -100,11 +120,16 @@ def _generate(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: in
     records = []
     for item, tokens in zip(items, outputs, strict=True):
         text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-        prediction = extract_answer(item.task, text)
-        records.append({"task": item.task, "item_id": item.item_id, "mode": "generate", "prediction": prediction,
-                        "answer": item.answer, "correct": prediction == item.answer, "generation": text,
-                        "num_beams": num_beams})
+        records.append(generation_record(item, text, num_beams, extraction))
     return pd.DataFrame.from_records(records)
+
+
+def generation_record(item: TaskItem, text: str, num_beams: int, extraction: AnswerExtraction) -> dict[str, object]:
+    """The downstream record of one generated answer (generate mode)."""
+    prediction = extract_answer(item.task, text, extraction)
+    return {"task": item.task, "item_id": item.item_id, "mode": "generate", "prediction": prediction,
+            "answer": item.answer, "correct": prediction == item.answer, "generation": text,
+            "num_beams": num_beams, "answer_extraction": extraction}
 
 
 def _loglik(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: int, target: LoglikTarget,

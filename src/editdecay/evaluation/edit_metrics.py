@@ -36,7 +36,8 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
         "es": "Efficacy (token accuracy): share of target tokens T of ' ' + target_new for which the argmax after "
               "question + T[:j] equals T[j], averaged over tokens then edits (MEMIT zsRE protocol)",
         "ps": "Paraphrase token accuracy: the same on the rephrased question",
-        "ns": "Specificity: token accuracy of the loc question against loc_ans (MEMIT protocol)",
+        "ns": "Specificity: token accuracy of loc_ans after the loc question, prompted as loc + '?' "
+              "(MEMIT protocol)",
         "ns_agreement": "Locality as agreement with the pre-edit model: share of loc_ans positions where the "
                         "edited model's teacher-forced argmax equals the pre-edit model's (EasyEdit-style; "
                         "not the MEMIT specificity)",

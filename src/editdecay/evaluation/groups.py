@@ -19,7 +19,7 @@ from editdecay.data import EditRequest
 from editdecay.data.tasks import load_task
 from editdecay.evaluation.activations import activation_shift, probe_prompts
 from editdecay.evaluation.decay import GROUPS, control_summary, decay_summary, outcome_classes
-from editdecay.evaluation.downstream import Mode, evaluate_tasks, task_accuracy
+from editdecay.evaluation.downstream import AnswerExtraction, Mode, evaluate_tasks, task_accuracy
 from editdecay.evaluation.edit_metrics import edit_metrics, neighborhood_agreement, summarize_edit_metrics
 from editdecay.evaluation.edit_scoring import score_edits
 from editdecay.storage import atomic_write_bytes, atomic_write_json
@@ -61,6 +61,7 @@ def evaluate_groups(
     task_mode: Mode = "loglik",
     task_limit: int | None = None,
     num_beams: int = 1,
+    answer_extraction: AnswerExtraction = "lenient",
     activations: bool = True,
     activation_prompts: int | None = None,
     batch_size: int = 32,
@@ -87,7 +88,8 @@ def evaluate_groups(
         result.summary["control"] = control_summary(control_per_edit)
     if tasks:
         records = {g: evaluate_tasks(m, tokenizer, tasks, data_dir=data_dir, mode=task_mode, limit=task_limit,
-                                     batch_size=batch_size, num_beams=num_beams, progress=progress)
+                                     batch_size=batch_size, num_beams=num_beams,
+                                     answer_extraction=answer_extraction, progress=progress)
                    for g, m in models.items()}
         accuracy = {g: task_accuracy(t) for g, t in records.items()}
         result.tables["downstream"] = _stacked(records)

@@ -2,7 +2,8 @@
 
 from editdecay.experiments.executors import EXECUTORS, Executor, LocalExecutor, RayExecutor, make_executor
 from editdecay.experiments.grid import GridPlan, expand_grid, plan_grid
-from editdecay.experiments.runner import GROUPS, RunResult, run_experiment, stage_keys
+from editdecay.experiments.resolve import GROUPS, ResolvedExperiment, resolve_experiment, stage_keys
+from editdecay.experiments.runner import RunResult, run_experiment
 from editdecay.experiments.store import ArtifactStore
 
 __all__ = [
@@ -13,10 +14,12 @@ __all__ = [
     "GridPlan",
     "LocalExecutor",
     "RayExecutor",
+    "ResolvedExperiment",
     "RunResult",
     "expand_grid",
     "make_executor",
     "plan_grid",
+    "resolve_experiment",
     "run_experiment",
     "stage_keys",
 ]

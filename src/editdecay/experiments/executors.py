@@ -11,7 +11,9 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from editdecay.config import ExperimentConfig
-from editdecay.experiments.runner import RunResult, run_experiment, stage_keys
+from editdecay.experiments.resolve import patch_chain_key
+from editdecay.experiments.runner import RunResult, run_experiment
+from editdecay.models import DtypeResolver
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,10 @@ class LocalExecutor:
     name = "local"
 
     def run(self, configs: list[ExperimentConfig], store_root: Path, runs_root: Path) -> list[RunResult]:
+        dtypes = DtypeResolver()  # one probe per device for the whole grid
         results = []
         for config in tqdm(configs, desc="grid", unit="config"):
-            results.append(run_experiment(config, store_root, runs_root))
+            results.append(run_experiment(config, store_root, runs_root, dtypes=dtypes))
         return results
 
 
@@ -38,8 +41,9 @@ def _run_chain(config_dicts: list[dict[str, Any]], store_root: str, runs_root: s
     """One Ray task: configurations that share a patch, run in order on one worker (paths in, paths out)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = []
+    dtypes = DtypeResolver()
     for raw in config_dicts:
-        result = run_experiment(ExperimentConfig.model_validate(raw), store_root, runs_root)
+        result = run_experiment(ExperimentConfig.model_validate(raw), store_root, runs_root, dtypes=dtypes)
         out.append({"run_dir": str(result.run_dir), "executed": result.executed, "config": raw})
     return out
 
@@ -95,7 +99,7 @@ class RayExecutor:
 def _chains(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:
     chains: dict[str, list[ExperimentConfig]] = defaultdict(list)
     for config in configs:
-        chains[stage_keys(config)["patch"]].append(config)
+        chains[patch_chain_key(config)].append(config)
     return list(chains.values())
 
 

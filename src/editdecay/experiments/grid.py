@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from editdecay.config import ExperimentConfig, GridConfig
-from editdecay.experiments.runner import GROUPS, stage_keys
+from editdecay.experiments.resolve import GROUPS, model_spec, resolve_experiment, stage_keys, written_keys
 from editdecay.experiments.store import ArtifactStore
+from editdecay.models import DtypeResolver, ModelShape, ModelSpec, read_model_shape
 
 
 def expand_grid(grid: GridConfig) -> list[ExperimentConfig]:
@@ -26,7 +26,8 @@ def _reuse_order(config: ExperimentConfig) -> tuple:
 class StagePlan:
     to_run: set[str] = field(default_factory=set)
     cached: set[str] = field(default_factory=set)
-    undetermined: int = 0  # keys that depend on a patch not made yet (its edit layers)
+    # stages of configurations whose model config is not readable here, counted from the config as written
+    undetermined: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -38,47 +39,44 @@ class GridPlan:
     def lines(self) -> list[str]:
         out = [f"{self.configs} configurations, {self.complete_runs} already complete"]
         for name, plan in self.stages.items():
-            extra = f" (+{plan.undetermined} that depend on edits not made yet)" if plan.undetermined else ""
-            out.append(f"  {name:12s} {len(plan.to_run):4d} to run, {len(plan.cached):4d} cached{extra}")
+            extra = (f" ({len(plan.undetermined)} of them for models whose config is not in the local cache: "
+                     "counted from the config as written, cache status unknown)" if plan.undetermined else "")
+            to_run = len(plan.to_run) + len(plan.undetermined)
+            out.append(f"  {name:12s} {to_run:4d} to run, {len(plan.cached):4d} cached{extra}")
         return out
 
 
-def plan_grid(configs: list[ExperimentConfig], store: ArtifactStore, runs_root: Path) -> GridPlan:
-    """How many edits, fine-tunings, evaluations and activation analyses a grid needs, and which are cached."""
+def plan_grid(configs: list[ExperimentConfig], store: ArtifactStore, runs_root: Path,
+              dtypes: DtypeResolver | None = None) -> GridPlan:
+    """How many edits, fine-tunings, evaluations and activation analyses a grid needs, and which are cached.
+    Keys are resolved as the run resolves them (model shape from its config, `auto` dtypes probed here)."""
+    dtypes = dtypes or DtypeResolver()
     stages = {name: StagePlan() for name in ("edits", "fine-tunings", "evaluations", "activations")}
+    shapes: dict[ModelSpec, ModelShape | None] = {}
     complete = 0
     for config in configs:
         if (runs_root / config.config_hash() / "DONE").is_file():
             complete += 1
-        keys = stage_keys(config)
-        layers = _patch_layers(store, keys["patch"])
-        if layers is not None or config.finetune.layers == "all":
-            keys = stage_keys(config, layers)
-            determined = True
-        else:
-            determined = False
-        _count(stages["edits"], store, "patches", keys["patch"], True)
+        spec = model_spec(config)
+        if spec not in shapes:
+            shapes[spec] = read_model_shape(spec)
+        shape = shapes[spec]
+        known = shape is not None
+        keys = stage_keys(resolve_experiment(config, shape, dtypes)) if shape is not None else written_keys(config)
+        _count(stages["edits"], store, "patches", keys["patch"], known)
         for name in ("ft_base", "ft_edited"):
-            _count(stages["fine-tunings"], store, "finetunes", keys[name], determined)
-        evaluations = [f"eval_{g}" for g in GROUPS]
-        for name in evaluations:
-            _count(stages["evaluations"], store, "evals", keys[name], determined or name == "eval_M")
+            _count(stages["fine-tunings"], store, "finetunes", keys[name], known)
+        for group in GROUPS:
+            _count(stages["evaluations"], store, "evals", keys[f"eval_{group}"], known)
         if config.evaluation.activations:
-            _count(stages["activations"], store, "activations", keys["activations"], determined)
+            _count(stages["activations"], store, "activations", keys["activations"], known)
     return GridPlan(len(configs), complete, stages)
 
 
-def _count(plan: StagePlan, store: ArtifactStore, kind: str, key: str, determined: bool) -> None:
-    if not determined:
-        plan.undetermined += 1
+def _count(plan: StagePlan, store: ArtifactStore, kind: str, key: str, known: bool) -> None:
+    if not known:
+        plan.undetermined.add(key)
     elif store.is_done(kind, key):
         plan.cached.add(key)
     else:
         plan.to_run.add(key)
-
-
-def _patch_layers(store: ArtifactStore, patch_key: str) -> list[int] | None:
-    manifest = store.path("patches", patch_key) / "patch" / "manifest.json"
-    if not store.is_done("patches", patch_key) or not manifest.is_file():
-        return None
-    return list(json.loads(manifest.read_text())["layers"])

@@ -22,13 +22,13 @@ from torch import nn
 from editdecay import __version__
 from editdecay.config import ExperimentConfig
 from editdecay.data import load_edit_requests
-from editdecay.experiments.keys import data_source_key, model_source_key, stable_hash
+from editdecay.experiments.resolve import GROUPS, ResolvedExperiment, model_spec, resolve_experiment, stage_keys
 from editdecay.experiments.store import ArtifactStore
-from editdecay.models import LoadedModel, ModelSpec, load_model
+from editdecay.models import DtypeResolver, LoadedModel, ModelShape, load_model
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("M", "Med", "Mft", "Med_ft")
+__all__ = ["GROUPS", "RunResult", "run_experiment"]
 
 
 @dataclass
@@ -48,9 +48,11 @@ class _Run:
 
     config: ExperimentConfig
     store: ArtifactStore
+    dtypes: DtypeResolver
     executed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     base: LoadedModel | None = None
+    resolved: ResolvedExperiment | None = None
     models: dict[str, nn.Module] = field(default_factory=dict)
 
     def stage(self, name: str, kind: str, key: str, compute: Callable[[Path], None]) -> Path:
@@ -68,44 +70,10 @@ class _Run:
             return path
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def model_spec(config: ExperimentConfig) -> ModelSpec:
-    return ModelSpec(source=config.model.source, revision=config.model.revision, dtype=config.model.dtype,
-                     device=resolve_device(config.model.device))
-
-
-def stage_keys(config: ExperimentConfig, edit_layers: list[int] | None = None) -> dict[str, str]:
-    """The store key of every stage of a configuration (edit layers are known once the patch exists)."""
-    spec = model_spec(config)
-    model_key = model_source_key(spec)
-    edits_key = stable_hash(data_source_key(config.edits.dataset), config.edits.model_dump(mode="json"))
-    patch_key = stable_hash("patch", model_key, edits_key, config.editor.model_dump(mode="json"))
-    layers = None if config.finetune.layers == "all" else edit_layers
-    ft = config.finetune.model_dump(mode="json")
-    corpus_key = data_source_key(config.finetune.corpus, "corpus")
-    keys = {
-        "model": model_key,
-        "edits": edits_key,
-        "patch": patch_key,
-        "ft_base": stable_hash("ft", model_key, ft, corpus_key, layers),
-        "ft_edited": stable_hash("ft", patch_key, ft, corpus_key, layers),
-    }
-    evaluation = config.evaluation.model_dump(mode="json")
-    control_key = data_source_key("builtin-control") if config.evaluation.control else None
-    group_identity = {"M": keys["model"], "Med": keys["patch"], "Mft": keys["ft_base"], "Med_ft": keys["ft_edited"]}
-    for group, identity in group_identity.items():
-        keys[f"eval_{group}"] = stable_hash("eval", identity, edits_key, control_key, evaluation)
-    keys["activations"] = stable_hash("act", *group_identity.values(), edits_key, evaluation)
-    return keys
-
-
-def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: str | Path) -> RunResult:
-    """Build M, Med, Mft and Med_ft, evaluate each, and write `runs_root/<config hash>/` (DONE last)."""
+def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: str | Path, *,
+                   dtypes: DtypeResolver | None = None) -> RunResult:
+    """Build M, Med, Mft and Med_ft, evaluate each, and write `runs_root/<config hash>/` (DONE last).
+    `dtypes` resolves `auto` dtypes (one resolver per process keeps the probe to one measurement)."""
     store = ArtifactStore(store_root)
     run_dir = Path(runs_root) / config.config_hash()
     if (run_dir / "DONE").is_file():
@@ -114,7 +82,7 @@ def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: 
 
     from editdecay.experiments import stages  # heavy imports (editors, peft) only when something runs
 
-    run = _Run(config, store)
+    run = _Run(config, store, dtypes or DtypeResolver())
     start = time.perf_counter()
     log.info("Experiment %s -> %s", config.name, run_dir)
     requests = load_edit_requests(config.edits.dataset, config.edits.n, seed=config.edits.seed,
@@ -123,9 +91,10 @@ def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: 
                if config.evaluation.control else [])
     run.base = load_model(model_spec(config))
     run.models["M"] = run.base.model
+    run.resolved = resolve_experiment(config, ModelShape.of(run.base.model), run.dtypes)
+    keys = stage_keys(run.resolved)
 
-    patch = stages.edit_stage(run, requests, stage_keys(config)["patch"])
-    keys = stage_keys(config, patch.layers)
+    patch = stages.edit_stage(run, requests, keys["patch"])
     stages.build_groups(run, patch, keys)
     tables = {group: stages.evaluate_stage(run, group, requests, control, keys[f"eval_{group}"]) for group in GROUPS}
     activations = stages.activation_stage(run, requests, keys["activations"], patch.layers)

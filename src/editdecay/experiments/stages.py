@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from editdecay.config import ExperimentConfig
 from editdecay.data import EditRequest, load_corpus
 from editdecay.editing import StatsStore, TargetStore, WeightPatch, build_editor
 from editdecay.evaluation import (
@@ -27,18 +26,19 @@ from editdecay.evaluation import (
     task_available,
 )
 from editdecay.experiments.runner import GROUPS, _Run, deep_copy_model, environment_info, with_group
-from editdecay.finetuning import FinetuneResult, FinetuneSpec, finetune, load_finetuned
+from editdecay.finetuning import FinetuneResult, finetune, load_finetuned
 from editdecay.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 def edit_stage(run: _Run, requests: list[EditRequest], key: str) -> WeightPatch:
-    config, base = run.config, run.base
-    assert base is not None
+    config, base, resolved = run.config, run.base, run.resolved
+    assert base is not None and resolved is not None
 
     def compute(path: Path) -> None:
-        editor = build_editor(config.editor.name, editor_hparams(config) or None, preset=config.editor.preset)
+        editor = build_editor(config.editor.name, resolved.editor_hparams, preset=config.editor.preset,
+                              dtypes=run.dtypes)
         patch = editor.edit(base.model, base.tokenizer, requests, stats=StatsStore(run.store.stats_root),
                             seed=config.editor.seed, fingerprint=base.fingerprint,
                             targets=TargetStore(run.store.targets_root))
@@ -48,25 +48,14 @@ def edit_stage(run: _Run, requests: list[EditRequest], key: str) -> WeightPatch:
     return WeightPatch.load(path / "patch")
 
 
-def editor_hparams(config: ExperimentConfig) -> dict[str, Any]:
-    """The editor's hyperparameter overrides, with the config's statistics shorthands folded in."""
-    shorthands = {"mom2_dataset": config.editor.stats_corpus, "mom2_n_tokens": config.editor.stats_tokens}
-    return {**{k: v for k, v in shorthands.items() if v is not None}, **config.editor.hparams}
-
-
-def _finetune_spec(run: _Run) -> FinetuneSpec:
-    ft = run.config.finetune
-    return FinetuneSpec.from_dict({"method": ft.method, "layers": ft.layers, **ft.hparams})
-
-
 def _finetune(run: _Run, name: str, key: str, model: nn.Module, fingerprint: str, edit_layers: list[int]) -> Path:
-    ft, base = run.config.finetune, run.base
-    assert base is not None
+    ft, base, resolved = run.config.finetune, run.base, run.resolved
+    assert base is not None and resolved is not None
 
     def compute(path: Path) -> None:
         examples = load_corpus(ft.corpus, max_examples=ft.max_examples, seed=ft.corpus_seed)
-        finetune(model, base.tokenizer, examples, _finetune_spec(run), out_dir=path / "result",
-                 edited_layers=edit_layers, base_fingerprint=fingerprint)
+        finetune(model, base.tokenizer, examples, resolved.finetune_spec, out_dir=path / "result",
+                 edited_layers=edit_layers, base_fingerprint=fingerprint, dtypes=run.dtypes)
 
     return run.stage(name, "finetunes", key, compute) / "result"
 
@@ -82,6 +71,7 @@ def build_groups(run: _Run, patch: WeightPatch, keys: dict[str, str]) -> None:
     ft_edited = _finetune(run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers)
     run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
     run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
+    evaluation_dtype(run.models)  # fails now, before any evaluation, if the groups' precisions differ
 
 
 def _task_names(run: _Run) -> tuple[list[str], Path | None]:
@@ -108,8 +98,9 @@ def evaluate_stage(run: _Run, group: str, requests: list[EditRequest], control: 
         tasks, data_dir = _task_names(run)
         if tasks:
             evaluate_tasks(model, tokenizer, tasks, data_dir=data_dir, mode=evaluation.task_mode,
-                           limit=evaluation.task_limit, batch_size=evaluation.batch_size).to_parquet(
-                path / "downstream.parquet")
+                           limit=evaluation.task_limit, batch_size=evaluation.batch_size,
+                           num_beams=evaluation.num_beams,
+                           answer_extraction=evaluation.answer_extraction).to_parquet(path / "downstream.parquet")
 
     path = run.stage(f"evaluate {group}", "evals", key, compute)
     return {name: pd.read_parquet(file) for name in ("edits", "control", "downstream")
@@ -158,7 +149,8 @@ def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables:
     summary: dict[str, Any] = {"run_id": run_id, "name": config.name, "config": config.model_dump(mode="json"),
                                "edit_layers": patch.layers, "artifacts": keys, "environment": environment_info(),
                                "executed_stages": run.executed, "stage_seconds": run.timings,
-                               "wall_seconds": wall_seconds}
+                               "wall_seconds": wall_seconds, "evaluation_dtype": evaluation_dtype(run.models),
+                               "resolved": _resolved_record(run)}
     metric_rows = []
     for set_name in ("edits", "control"):
         per_edit = _per_edit(tables, set_name)
@@ -186,8 +178,7 @@ def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables:
     if downstream:
         records = pd.concat(downstream, ignore_index=True)
         _write_parquet(run_dir / "downstream.parquet", _with_run_id(records, run_id))
-        accuracy = {g: task_accuracy(t).set_index("task")["accuracy"].to_dict()
-                    for g, t in zip(GROUPS, downstream, strict=False)}
+        accuracy = downstream_accuracy(tables)
         summary["downstream"] = accuracy
         for row in metric_rows:
             if row["set"] == "edits":
@@ -197,6 +188,29 @@ def write_run_dir(run: _Run, run_dir: Path, requests: list[EditRequest], tables:
         _write_parquet(run_dir / "activations.parquet", _with_run_id(activations, run_id))
     atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_text(run_dir / "DONE", "ok\n")
+
+
+def downstream_accuracy(tables: dict[str, dict[str, pd.DataFrame]]) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per task and "average" of every group that has downstream records, keyed by group."""
+    return {g: task_accuracy(tables[g]["downstream"]).set_index("task")["accuracy"].to_dict()
+            for g in GROUPS if "downstream" in tables.get(g, {})}
+
+
+def evaluation_dtype(models: dict[str, nn.Module]) -> str:
+    """The one dtype every group was evaluated in; mixed precisions would mix the fine-tuning effect with a
+    precision change in ES/EFR, downstream deltas and activation drifts."""
+    dtypes = {group: str(next(model.parameters()).dtype).removeprefix("torch.") for group, model in models.items()}
+    if len(set(dtypes.values())) != 1:
+        raise RuntimeError(f"The model groups are in different dtypes {dtypes}; they must share one precision.")
+    return next(iter(dtypes.values()))
+
+
+def _resolved_record(run: _Run) -> dict[str, Any]:
+    resolved = run.resolved
+    assert resolved is not None
+    return {"device": resolved.device, "editor_hparams": resolved.editor_hparams,
+            "finetune_spec": resolved.finetune_spec.to_dict(),
+            "dtype_probes": [probe.to_dict() for probe in run.dtypes.results.values()]}
 
 
 def _run_row(run: _Run, patch: WeightPatch) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from editdecay.locking import file_lock
 
 KINDS = ("stats", "patches", "finetunes", "evals", "activations")
 DONE = "DONE"
@@ -36,15 +37,8 @@ class ArtifactStore:
     @contextmanager
     def lock(self, kind: str, key: str) -> Iterator[Path]:
         """Hold an exclusive lock on one artifact while checking for it and computing it."""
-        path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = path.parent / f".{key}.lock"
-        with open(lock_file, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield path
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.path(kind, key)) as path:
+            yield path
 
     @property
     def stats_root(self) -> Path:

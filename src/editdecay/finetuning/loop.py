@@ -71,6 +71,9 @@ def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
 
 
 def autocast(model: nn.Module, spec: FinetuneSpec) -> AbstractContextManager[Any]:
+    if spec.compute_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"compute_dtype {spec.compute_dtype!r} must be resolved first "
+                         "(FinetuneSpec.with_resolved_dtype).")
     device = next(model.parameters()).device
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=spec.compute_dtype == "bfloat16")
 

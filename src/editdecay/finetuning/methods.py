@@ -62,7 +62,11 @@ def _as_float32_copy(base: nn.Module) -> nn.Module:
     return model
 
 
-def _finish(model: nn.Module) -> nn.Module:
+def _finish(model: nn.Module, base: nn.Module) -> nn.Module:
+    """Eval mode, frozen, and in `base`'s dtype: the groups of a run (M, Med, Mft, Med_ft) share one precision, so
+    their differences are those of the weights, not of a float32-vs-bfloat16 change. Merging happened before the
+    cast, in float32."""
+    model.to(next(base.parameters()).dtype)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -96,7 +100,7 @@ class FullFinetune:
                     raise ValueError(f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
                                      f"the model's parameter has {tuple(param.shape)}")
                 param.add_(delta)
-        return _finish(model)
+        return _finish(model, base)
 
 
 class LoraFinetune:
@@ -131,8 +135,8 @@ class LoraFinetune:
         model = _as_float32_copy(base) if merge else copy.deepcopy(base)
         peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
         if merge:
-            return _finish(peft_model.merge_and_unload())
-        return _finish(peft_model.get_base_model())
+            return _finish(peft_model.merge_and_unload(), base)
+        return _finish(peft_model.get_base_model(), base)
 
 
 FINETUNE_METHODS: dict[str, FinetuneMethod] = {

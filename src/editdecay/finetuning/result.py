@@ -51,9 +51,10 @@ def load_finetuned(
 ) -> nn.Module:
     """A NEW model: `base_model` (left untouched) plus the fine-tuning result, in eval mode.
 
-    Full fine-tuning adds the stored float32 delta (the model comes back in float32). LoRA/DoRA with
-    `merge=False` returns the base architecture with PEFT adapter layers inside (module paths unchanged,
-    hooks see the adapted outputs); `merge=True` merges the adapter into float32 weights. With
+    Full fine-tuning adds the stored float32 delta. LoRA/DoRA with `merge=False` returns the base architecture
+    with PEFT adapter layers inside (module paths unchanged, hooks see the adapted outputs); `merge=True` merges
+    the adapter into float32 weights. Either way the model comes back in `base_model`'s dtype, so it is
+    evaluated in the same precision as its base. With
     `check_base`, the base must have the weights the run was trained from (its fingerprint).
     """
     if not isinstance(result, FinetuneResult):

@@ -20,7 +20,7 @@ from editdecay.finetuning.methods import FINETUNE_METHODS
 from editdecay.finetuning.result import MANIFEST, RESULT_FORMAT, FinetuneResult
 from editdecay.finetuning.spec import FinetuneSpec
 from editdecay.finetuning.targets import resolve_layers, resolve_trainable_modules
-from editdecay.models import model_fingerprint
+from editdecay.models import DtypeResolver, model_fingerprint
 from editdecay.storage import atomic_directory, atomic_write_json
 
 
@@ -41,6 +41,7 @@ def finetune(
     progress: bool = True,
     corpus_id: str | None = None,
     checkpoint_every_s: float = 300.0,
+    dtypes: DtypeResolver | None = None,
 ) -> FinetuneResult:
     """Fine-tune a deep copy of `model` (the caller's weights are never touched) and save the result.
 
@@ -49,8 +50,11 @@ def finetune(
     from it (a checkpoint of a different run is ignored). If `out_dir` already holds this exact run
     (same spec, examples and base weights), it is returned without training. `base_fingerprint` is the
     identity recorded for the base (e.g. model plus WeightPatch); it defaults to the weights' fingerprint.
+    `compute_dtype: auto` is resolved first (with `dtypes`, or a fresh probe): the manifest records the result.
     """
     out_dir = Path(out_dir)
+    dtypes = dtypes or DtypeResolver()
+    spec = spec.with_resolved_dtype(dtypes, model)
     if not examples:
         raise ValueError("finetune needs at least one example.")
     weights_fp = model_fingerprint(model)
@@ -113,6 +117,7 @@ def finetune(
         "val_loss": val_loss,
         "train_seconds": state.elapsed_s,
         "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
+        "dtype_probes": [probe.to_dict() for probe in dtypes.results.values()],
         "versions": {pkg: _version(pkg) for pkg in ("editdecay", "torch", "transformers", "peft")},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

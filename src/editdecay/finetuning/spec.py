@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
+from torch import nn
+
 from editdecay.finetuning.methods import FINETUNE_METHODS
+from editdecay.models.arch import ModelShape
+from editdecay.models.precision import SPEED_DTYPES, DtypeResolver
 
 LayerPolicy = Literal["all", "edited", "non_edited"]
 LAYER_POLICIES: tuple[str, ...] = ("all", "edited", "non_edited")
-COMPUTE_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
+COMPUTE_DTYPES: tuple[str, ...] = SPEED_DTYPES
 DEFAULT_TARGETS: tuple[str, ...] = ("q", "k", "v", "up", "down")
 
 
@@ -25,7 +29,8 @@ class FinetuneSpec:
     `batch_size` is the micro-batch; one optimizer step sees `batch_size * grad_accum` examples and
     averages the loss over all their target tokens. `lr=None` takes the method's default (LoRA/DoRA
     2e-4, full 2e-5). The warmup is max(warmup_steps, ceil(warmup_ratio * total steps)), then a linear
-    decay. `compute_dtype` is the autocast dtype: weights and optimizer state are always float32.
+    decay. `compute_dtype` is the autocast dtype (`auto`: bfloat16 where a probe measures it faster, see
+    editdecay.models.precision); weights and optimizer state are always float32.
     """
 
     method: str = "lora"
@@ -46,7 +51,7 @@ class FinetuneSpec:
     cutoff_len: int = 256
     train_on_inputs: bool = True
     group_by_length: bool = True
-    compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_steps: int | None = None
     val_fraction: float | None = None
 
@@ -82,6 +87,19 @@ class FinetuneSpec:
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError(f"Invalid FinetuneSpec: {'; '.join(problems)}.")
+
+    def with_resolved_dtype(self, dtypes: DtypeResolver, model: nn.Module | ModelShape,
+                            device: str | None = None) -> FinetuneSpec:
+        """This spec with `compute_dtype` concrete (`auto` measured) for the model's shape on `device` (default:
+        the model's own device)."""
+        shape = ModelShape.of(model)
+        if device is None:
+            if isinstance(model, ModelShape):
+                raise ValueError("with_resolved_dtype of a ModelShape needs the device the run will use.")
+            device = str(next(model.parameters()).device)
+        chosen = dtypes.resolve(self.compute_dtype, device=device, d_in=shape.hidden_size,
+                                d_out=shape.intermediate_size, purpose="fine-tuning")
+        return replace(self, compute_dtype=chosen)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -3,6 +3,7 @@
 from editdecay.models.arch import (
     KNOWN_MODELS,
     ArchSpec,
+    ModelShape,
     UnsupportedArchitectureError,
     arch_for,
     block,
@@ -27,17 +28,24 @@ from editdecay.models.loading import (
     ModelSpec,
     default_cache_dir,
     load_model,
+    read_model_shape,
 )
+from editdecay.models.precision import AUTO, SPEED_DTYPES, DtypeResolver, ProbeResult, mlp_shape
 from editdecay.models.tokens import eos_ids_of, pad_id_of
 
 __all__ = [
+    "AUTO",
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
+    "SPEED_DTYPES",
     "ArchSpec",
+    "DtypeResolver",
     "LoadedModel",
     "ModelLoadError",
+    "ModelShape",
     "ModelSpec",
+    "ProbeResult",
     "UnsupportedArchitectureError",
     "arch_for",
     "block",
@@ -52,9 +60,11 @@ __all__ = [
     "get_module",
     "load_model",
     "mlp_out",
+    "mlp_shape",
     "model_fingerprint",
     "num_blocks",
     "pad_id_of",
+    "read_model_shape",
     "register_arch",
     "supported_model_types",
     "unembedding",

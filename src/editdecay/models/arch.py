@@ -11,6 +11,9 @@ from numbers import Integral
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
+
+from editdecay.models.precision import mlp_shape
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -158,8 +161,8 @@ def mlp_out(model: nn.Module, layer: int) -> nn.Module:
     return get_module(model, arch_for(model).mlp_out_path(layer))
 
 
-def check_layers(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
-    n = num_blocks(model)
+def check_layers(model: nn.Module | ModelShape, layers: list[int] | tuple[int, ...]) -> None:
+    n = model.num_layers if isinstance(model, ModelShape) else num_blocks(model)
     not_ints = [layer for layer in layers if isinstance(layer, bool) or not isinstance(layer, Integral)]
     if not_ints:
         raise TypeError(f"Layer indices must be integers, got {not_ints}.")
@@ -215,22 +218,47 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
 )
 
 
-def known_model(model: nn.Module) -> KnownModel | None:
-    config = model.config
+@dataclass(frozen=True)
+class ModelShape:
+    """What presets, default edit layers and the dtype probe need of a model; readable without its weights
+    (`editdecay.models.loading.read_model_shape`), so store keys can be resolved before anything loads."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+
+    @classmethod
+    def of_config(cls, config: PretrainedConfig, num_layers: int | None = None) -> ModelShape:
+        hidden, width = mlp_shape(config)
+        layers = num_layers if num_layers is not None else int(config.num_hidden_layers)
+        return cls(str(config.model_type), layers, hidden, width, int(getattr(config, "vocab_size", 0) or 0))
+
+    @classmethod
+    def of(cls, model: nn.Module | ModelShape) -> ModelShape:
+        if isinstance(model, ModelShape):
+            return model
+        _model_type(model)  # a clear error for a module without a config
+        return cls.of_config(model.config, num_layers=num_blocks(model))
+
+
+def known_model(model: nn.Module | ModelShape) -> KnownModel | None:
+    shape = ModelShape.of(model)
     for known in KNOWN_MODELS:
         if (known.model_type, known.num_layers, known.hidden_size) == (
-            _model_type(model), num_blocks(model), config.hidden_size
+            shape.model_type, shape.num_layers, shape.hidden_size
         ):
             return known
     return None
 
 
-def default_edit_layers(model: nn.Module) -> tuple[int, ...]:
+def default_edit_layers(model: nn.Module | ModelShape) -> tuple[int, ...]:
     """Recorded layers for known sizes; otherwise five early-middle blocks starting near depth/8."""
     known = known_model(model)
     if known is not None:
         return known.edit_layers
-    n = num_blocks(model)
+    n = ModelShape.of(model).num_layers
     width = min(5, n)
     start = min(max(n // 8, 0), n - width)
     return tuple(range(start, start + width))

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from editdecay.models.arch import ModelShape
 from editdecay.models.fingerprint import file_sha256, model_fingerprint
 from editdecay.storage import atomic_directory
 
@@ -134,6 +135,32 @@ def load_model(spec: ModelSpec | str, **overrides: object) -> LoadedModel:
     _ensure_pad_token(tokenizer)
     log.info("Loaded %s (%s)", spec.source, origin)
     return LoadedModel(model, tokenizer, spec, model_fingerprint(model), origin)
+
+
+def read_model_shape(spec: ModelSpec | str) -> ModelShape | None:
+    """The model's shape from its config alone (no weights are read): enough to resolve presets, edit layers and
+    the dtype probe. None when the config cannot be read here (a hub id that is not in the local cache)."""
+    if isinstance(spec, str):
+        spec = ModelSpec(source=spec)
+    try:
+        if spec.kind in ("builtin", "gguf"):
+            path = builtin_gguf_path(spec.source) if spec.kind == "builtin" else Path(spec.source).expanduser()
+            cached = (Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()) / "gguf" / file_sha256(path)
+            if (cached / "config.json").is_file():
+                config = AutoConfig.from_pretrained(str(cached))
+            else:
+                config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        else:
+            local = spec.kind == "local"
+            # Hub ids only from the local cache: a dry run must not wait on the network.
+            config = AutoConfig.from_pretrained(
+                str(Path(spec.source).expanduser()) if local else spec.source, revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code, cache_dir=None if local else spec.hf_cache_dir,
+                local_files_only=True)
+    except (OSError, ValueError, KeyError, ModelLoadError) as err:
+        log.info("Shape of %s not readable without loading it: %s", spec.source, err)
+        return None
+    return ModelShape.of_config(config)
 
 
 def _check_spec(spec: ModelSpec) -> None:
