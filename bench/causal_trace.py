@@ -8,7 +8,7 @@ centred on it. The indirect effect of a layer is
     IE(l) = P_restored(l)(o) - P_corrupted(o)
 
 with o the first token of the correct answer, averaged over noise samples and facts. MEMIT-style editors
-write into early-middle layers around the peak of this curve (ALGORITHMS §0).
+write into early-middle layers around the peak of this curve (docs/algorithms.md §0).
 
 Usage:
     .venv/bin/python bench/causal_trace.py --model smollm2-135m --facts 30 --threads 1

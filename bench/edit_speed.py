@@ -62,7 +62,7 @@ def _scores(loaded, requests) -> dict[str, float]:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from editdecay.editing import StatsStore, build_editor
+    from editdecay.editing import EditContext, StatsStore, build_editor
     from editdecay.editing.context import sample_context_templates
     from editdecay.editing.targets import compute_targets
     from editdecay.models import DtypeResolver, load_model, mlp_shape
@@ -112,8 +112,8 @@ def child(args: argparse.Namespace) -> None:
         overrides = {"mom2_dataset": args.corpus, "mom2_n_tokens": args.tokens, "v_dtype": v_dtype or "auto"}
         before = _scores(loaded, requests)
         wall, cpu = time.perf_counter(), _cpu()
-        patch = build_editor(editor, overrides).edit(loaded.model, loaded.tokenizer, requests, stats=store,
-                                                       fingerprint=loaded.fingerprint)
+        patch = build_editor(editor, overrides).edit(loaded.model, loaded.tokenizer, requests,
+                                                     EditContext(stats=store, fingerprint=loaded.fingerprint))
         wall, cpu = time.perf_counter() - wall, _cpu() - cpu
         patch.apply(loaded.model, fingerprint=loaded.fingerprint)
         out.update(n=len(requests), v_dtype=patch.manifest["hparams"]["v_dtype"], wall_s=wall, cpu_s=cpu,

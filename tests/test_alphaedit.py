@@ -8,7 +8,14 @@ import pytest
 import torch
 
 import test_edit_support
-from editdecay.editing import AlphaEditEditor, AlphaEditState, StatsStore, alphaedit_delta, build_editor
+from editdecay.editing import (
+    AlphaEditEditor,
+    AlphaEditState,
+    EditContext,
+    StatsStore,
+    alphaedit_delta,
+    build_editor,
+)
 from editdecay.editing import nullspace_projector as projector_of
 from editdecay.editing.keys import compute_keys
 from editdecay.models import arch_for
@@ -23,8 +30,12 @@ def _planted(m: int = 16, small: int = 6, seed: int = 0) -> tuple[torch.Tensor, 
     """A PSD matrix with `small` eigenvalues ~1e-4 and the rest in [0.5, 2]; returns C, U_small, U_large."""
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
-    values = torch.cat([torch.full((small,), 1e-4, dtype=torch.float64),
-                        0.5 + 1.5 * torch.rand(m - small, generator=g, dtype=torch.float64)])
+    values = torch.cat(
+        [
+            torch.full((small,), 1e-4, dtype=torch.float64),
+            0.5 + 1.5 * torch.rand(m - small, generator=g, dtype=torch.float64),
+        ]
+    )
     return q @ torch.diag(values) @ q.T, q[:, :small], q[:, small:]
 
 
@@ -42,7 +53,7 @@ def test_projector_keeps_exactly_the_small_eigen_directions() -> None:
 
 
 def test_update_leaves_preserved_keys_unchanged() -> None:
-    """For any k0 in the span of the large-eigenvalue directions, Delta k0 ~ 0 (ALGORITHMS §2)."""
+    """For any k0 in the span of the large-eigenvalue directions, Delta k0 ~ 0 (docs/algorithms.md §2)."""
     C, _, large = _planted()
     g = torch.Generator().manual_seed(1)
     R, K = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
@@ -65,7 +76,7 @@ def test_with_no_direction_kept_the_update_is_zero(tmp_path, caplog) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     editor = build_editor("alphaedit", fast_hparams(write_corpus(tmp_path), nullspace_threshold=0.0))
     with caplog.at_level(logging.WARNING, logger="editdecay.editing.alphaedit"):
-        patch = editor.edit(model, tok, capital_requests(2), stats=StatsStore(tmp_path / "stats"))
+        patch = editor.edit(model, tok, capital_requests(2), EditContext(stats=StatsStore(tmp_path / "stats")))
     assert all(torch.count_nonzero(d) == 0 for d in patch.deltas.values())
     assert "no direction is kept" in caplog.text
     assert patch.manifest["nullspace"]["1"]["kept"] == 0
@@ -75,7 +86,7 @@ def test_real_update_is_blind_to_the_preserved_subspace(tmp_path) -> None:
     model, tok = tiny_model("llama", dtype=torch.float64), tiny_tokenizer(add_bos=True)
     corpus, store = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
     hp = fast_hparams(corpus, mom2_dtype="float64", nullspace_energy=0.05)
-    patch = build_editor("alphaedit", hp).edit(model, tok, capital_requests(3), stats=store)
+    patch = build_editor("alphaedit", hp).edit(model, tok, capital_requests(3), EditContext(stats=store))
     moments = store.get(model, tok, [1, 2], corpus=str(corpus), n_tokens=2500, dtype="float64", max_length=64)
     for layer in (1, 2):
         values, vectors = torch.linalg.eigh(moments[layer])
@@ -94,7 +105,7 @@ def test_sequential_batches_accumulate_the_key_cache_and_state_round_trips(tmp_p
     before = state_of(model)
     editor = build_editor("alphaedit", fast_hparams(write_corpus(tmp_path), batch_size=2))
     assert isinstance(editor, AlphaEditEditor)
-    patch, state = editor.edit_sequential(model, tok, capital_requests(5), stats=store)
+    patch, state = editor.edit_sequential(model, tok, capital_requests(5), EditContext(stats=store))
     assert same_state(before, state_of(model))
     assert (state.n_edits, state.n_batches) == (5, 3)
     assert patch.manifest["protocol"]["sequential"] is True
@@ -103,9 +114,9 @@ def test_sequential_batches_accumulate_the_key_cache_and_state_round_trips(tmp_p
         cache = state.cache[layer]
         torch.testing.assert_close(cache, cache.T)
         assert torch.linalg.matrix_rank(cache) == 5  # one averaged key per edited request
-    # The cache holds each batch's keys on the model as edited by then (ALGORITHMS §2): after one batch,
+    # The cache holds each batch's keys on the model as edited by then (docs/algorithms.md §2): after one batch,
     # exactly K K^T of the keys recomputed on the patched model.
-    first_patch, first_state = editor.edit_sequential(model, tok, capital_requests(2), stats=store)
+    first_patch, first_state = editor.edit_sequential(model, tok, capital_requests(2), EditContext(stats=store))
     edited = tiny_model("llama")
     first_patch.apply(edited)
     recomputed = compute_keys(edited, tok, capital_requests(2), first_patch.manifest["context_templates"], [1, 2])
@@ -118,11 +129,12 @@ def test_sequential_batches_accumulate_the_key_cache_and_state_round_trips(tmp_p
     assert all(torch.equal(loaded.cache[layer], state.cache[layer]) for layer in (1, 2))
     # Continue the sequence on the edited model; the caller's state object is not modified.
     patch.apply(model)
-    _, later = editor.edit_sequential(model, tok, capital_requests(6)[5:], stats=store, state=loaded)
+    _, later = editor.edit_sequential(model, tok, capital_requests(6)[5:], EditContext(stats=store), state=loaded)
     assert later.n_edits == 6 and loaded.n_edits == 5
     with pytest.raises(ValueError, match="layers"):
         build_editor("alphaedit", fast_hparams(write_corpus(tmp_path), layers=[2])).edit_sequential(
-            model, tok, capital_requests(1), stats=store, state=loaded)
+            model, tok, capital_requests(1), EditContext(stats=store), state=loaded
+        )
 
 
 @pytest.mark.slow

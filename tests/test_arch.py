@@ -30,7 +30,7 @@ from editdecay.models import arch as arch_module
 from editdecay.models.hooks import record
 from tiny import ARCHES, tiny_config, tiny_model
 
-SPEC_NAME = {"gpt2": "gpt2", "gptj": "gptj", "gpt_neox": "gpt_neox", "llama": "llama", "gemma3": "llama"}
+SPEC_NAME = {"gpt2": "gpt2", "gptj": "gptj", "gpt_neox": "gpt_neox", "llama": "llama", "gemma3": "gemma"}
 # MLP inner width m of the tiny configs (GPT-2 and GPT-J default to 4 x d).
 INNER = {"gpt2": 128, "gptj": 128, "gpt_neox": 64, "llama": 64, "gemma3": 64}
 

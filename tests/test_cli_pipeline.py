@@ -58,14 +58,16 @@ def test_paper_grid_dry_run(tmp_path: Path) -> None:
 
 def test_bad_config_gives_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("edits:\n  n: -1\nfinetune:\n  lr: 0.1\n")
+    config.write_text("edits:\n  n: -1\nfinetune:\n  lrr: 0.1\n")
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 2
-    assert "edits.n" in result.output and "finetune.lr: unknown key" in result.output
+    assert "edits.n" in result.output and "finetune.lrr: unknown key" in result.output
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["grid", str(CONFIGS / "demo.yaml"), "--dry-run", "--executor", "slurm",
                                       "--set", "grid.finetune.method=[lora, qlora]"])
     assert result.exit_code == 2 and "finetune.method" in result.output
+    result = CliRunner().invoke(app, ["grid", str(CONFIGS / "demo.yaml"), "--dry-run", "--executor", "slurm"])
+    assert result.exit_code == 2 and "choose one of local, ray" in result.output
 
 
 def test_report_on_empty_directory(tmp_path: Path) -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from editdecay.config import ConfigError, ExperimentConfig, GridConfig, load_experiment, load_grid, parse_overrides
+from editdecay.config import (
+    ConfigError,
+    ExperimentConfig,
+    FinetuneConfig,
+    GridConfig,
+    load_experiment,
+    load_grid,
+    parse_overrides,
+)
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -58,7 +68,7 @@ def test_config_hash_ignores_name_and_tracks_every_input() -> None:
     changed = [
         ExperimentConfig.model_validate({"edits": {"n": 51}}),
         ExperimentConfig.model_validate({"editor": {"name": "alphaedit"}}),
-        ExperimentConfig.model_validate({"finetune": {"hparams": {"lr": 1e-4}}}),
+        ExperimentConfig.model_validate({"finetune": {"lr": 1e-4}}),
         ExperimentConfig.model_validate({"evaluation": {"task_limit": 5}}),
     ]
     hashes = {c.config_hash() for c in changed}
@@ -114,3 +124,98 @@ def test_presets_validate(preset: str) -> None:
 def test_single_experiment_preset_validates() -> None:
     config = load_experiment(PRESETS / "experiment.yaml")
     assert (config.editor.name, config.finetune.method, config.edits.n) == ("memit", "lora", 50)
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_finetune_section_is_finetune_spec_with_its_defaults() -> None:
+    from editdecay.finetuning import FinetuneSpec
+
+    fields = FinetuneConfig.model_fields
+    for field in dataclasses.fields(FinetuneSpec):
+        assert field.name in fields, field.name
+        default = fields[field.name].default
+        assert default == (list(field.default) if isinstance(field.default, tuple) else field.default), field.name
+    assert set(fields) == {f.name for f in dataclasses.fields(FinetuneSpec)} | {"corpus", "max_examples",
+                                                                                "corpus_seed"}
+    config = load_experiment(PRESETS / "experiment.yaml")
+    spec = config.finetune.spec()
+    assert (spec.lr, spec.epochs, spec.batch_size, spec.train_on_inputs, spec.r) == (0.001, 1, 16, False, 8)
+    assert FinetuneConfig().spec() == FinetuneSpec()
+
+
+def test_finetune_values_are_checked_by_the_spec_naming_the_key(tmp_path: Path) -> None:
+    message = problems(tmp_path, "finetune:\n  lr: -1\n  dropout: 1.5\n  r: 2\n")
+    assert "finetune.lr: lr must be > 0 (got -1.0)" in message
+    assert "finetune.dropout: dropout must be in [0, 1) (got 1.5)" in message
+    assert "finetune.r" not in message
+    message = problems(tmp_path, "finetune:\n  method: qlora\n  layers: middle\n")
+    assert "finetune.method: Unknown fine-tuning method 'qlora'; choose one of full, lora, dora" in message
+    assert "finetune.layers: Unknown layer policy 'middle'; choose one of all, edited, non_edited" in message
+    assert "finetune.epochs: Input should be a valid integer" in problems(tmp_path, "finetune:\n  epochs: many\n")
+    assert "finetune.compute_dtype: compute_dtype must be one of" in problems(
+        tmp_path, "finetune:\n  compute_dtype: float16\n")
+
+
+def test_the_old_finetune_hparams_section_says_where_its_keys_go(tmp_path: Path) -> None:
+    message = problems(tmp_path, "finetune:\n  hparams:\n    lr: 0.001\n    epochs: 1\n")
+    assert "finetune.hparams: removed; move these keys up into finetune: (lr, epochs)" in message
+    grid = write(tmp_path, "grid:\n  finetune.hparams.lr: [0.1, 0.2]\n")
+    with pytest.raises(ConfigError, match=r"finetune\.hparams: removed"):
+        load_grid(grid)
+
+
+def test_editor_hparams_are_checked_against_the_editors_class(tmp_path: Path) -> None:
+    message = problems(tmp_path, "editor:\n  hparams:\n    v_lrr: 1\n    v_lr: -1\n")
+    assert "editor.hparams.v_lrr: unknown key for memit (did you mean v_lr?)" in message
+    assert "editor.hparams.v_lr: v_lr must be > 0, got -1" in message
+    assert "editor.hparams.layers" in problems(tmp_path, "editor:\n  hparams:\n    layers: [5, 4]\n")
+    # AlphaEdit's keys belong to AlphaEdit; harness keys of published hparams files are allowed and ignored.
+    assert "editor.hparams.L2: unknown key for memit" in problems(tmp_path, "editor:\n  hparams:\n    L2: 5\n")
+    config = load_experiment(write(tmp_path, "editor:\n  name: alphaedit\n  hparams:\n    L2: 5\n"
+                                             "    model_name: gpt2-xl\n    mom2_n_tokens: 512\n"))
+    assert config.editor.hparams == {"L2": 5, "model_name": "gpt2-xl", "mom2_n_tokens": 512}
+    assert "editor.preset: Unknown preset 'gpt5'" in problems(tmp_path, "editor:\n  preset: gpt5\n")
+
+
+def test_the_statistics_shorthands_are_gone(tmp_path: Path) -> None:
+    message = problems(tmp_path, "editor:\n  stats_tokens: 2048\n  stats_corpus: wikipedia\n")
+    assert "editor.stats_tokens: removed; write editor.hparams.mom2_n_tokens: 2048" in message
+    assert "editor.stats_corpus: removed; write editor.hparams.mom2_dataset: wikipedia" in message
+
+
+def test_names_are_checked_against_their_registries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from editdecay.editing import EDITORS
+    from editdecay.finetuning import FINETUNE_METHODS
+
+    assert "choose one of memit, alphaedit" in problems(tmp_path, "editor:\n  name: rome\n")
+    monkeypatch.setitem(EDITORS, "rome", dataclasses.replace(EDITORS["memit"], name="rome"))
+    monkeypatch.setitem(FINETUNE_METHODS, "qlora", FINETUNE_METHODS["lora"])
+    config = load_experiment(write(tmp_path, "editor:\n  name: rome\nfinetune:\n  method: qlora\n"))
+    assert (config.editor.name, config.finetune.method) == ("rome", "qlora")
+    message = problems(tmp_path, "evaluation:\n  tasks: [boolq, arc-e, builtin-commonsense, squad]\n")
+    assert "evaluation.tasks: Unknown downstream task 'squad'" in message and "boolq" in message
+
+
+@pytest.mark.parametrize(("text", "key"), [("editor:\n  hparams:\n    v_lrr: 1\n", "editor.hparams.v_lrr"),
+                                           ("finetune:\n  lr: -1\n", "finetune.lr")])
+def test_run_reports_a_config_error_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           text: str, key: str) -> None:
+    import editdecay.experiments.runner
+    import editdecay.models
+    from editdecay.cli import app
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        pytest.fail("a model was loaded before the config was validated")
+
+    monkeypatch.setattr(editdecay.models, "load_model", no_model)
+    monkeypatch.setattr(editdecay.experiments.runner, "load_model", no_model)
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path, text)), "--store", str(tmp_path / "store"),
+                                      "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()

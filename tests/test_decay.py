@@ -196,7 +196,7 @@ def test_cli_evaluate_with_patch_and_adapter(tiny_dir: Path) -> None:
     assert decay["successes_after_edit"] + decay["failures_after_edit"] == 3
     assert sum(decay["outcomes"][k] for k in ("stable", "erased", "emergent", "impossible")) == 3
     assert set(pd.read_parquet(out / "outcomes.parquet")["case_id"]) == {"0", "1", "2"}
-    assert "M->Med" in summary["control"] and "ns_agreement" in pd.read_parquet(out / "per_edit.parquet")
+    assert "M->Med" in summary["control"] and "ns_agreement" in pd.read_parquet(out / "edits_per_edit.parquet")
     activations = pd.read_parquet(out / "activations.parquet")
     assert set(activations["pair"]) == {"Med-M", "Med_ft-Med"}
     assert activations.loc[activations["pair"] == "Med-M"].set_index("layer")["drift"].loc[0] == 0  # below the patch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -96,8 +97,9 @@ class _RecordingEditor:
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []
 
-    def edit(self, model, tokenizer, requests, *, stats, seed, fingerprint) -> WeightPatch:
-        self.calls.append({"requests": list(requests), "seed": seed})
+    def edit(self, model, tokenizer, requests, context) -> WeightPatch:
+        self.calls.append({"requests": list(requests), "seed": context.seed})
+        fingerprint = context.fingerprint
         name = "model.layers.1.mlp.down_proj.weight"
         delta = torch.zeros(model.get_parameter(name).shape)
         return WeightPatch({name: delta}, {"base_fingerprint": fingerprint, "layers": [1],
@@ -155,3 +157,28 @@ def test_edit_zsre_target_is_passed_to_the_loader(tmp_path, tiny_dir, zsre_file,
     bad = CliRunner().invoke(app, [*base, "--zsre-target", "gold", "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "use answers or alt" in bad.output
     assert len(recording_editor.calls) == 2
+
+
+def test_set_keys_are_checked_and_hparams_files_stay_lenient(tmp_path, tiny_dir, zsre_file, monkeypatch,
+                                                            caplog) -> None:
+    import editdecay.editing
+
+    real_build, recording, built = editdecay.editing.build_editor, _RecordingEditor(), []
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))  # the real editor validates the overrides
+        return recording
+
+    monkeypatch.setattr(editdecay.editing, "build_editor", build)
+    hparams = tmp_path / "memit-gpt2-xl.json"
+    hparams.write_text(json.dumps({"alg_name": "MEMIT", "model_name": "gpt2-xl", "v_lr": 0.25,
+                                   "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj", "legacy_knob": 3}))
+    base = ["edit", "--model", str(tiny_dir), "--dataset", str(zsre_file), "--n", "1"]
+    with caplog.at_level(logging.INFO, logger="editdecay.editing.hparams"):
+        ok = CliRunner().invoke(app, [*base, "--hparams", str(hparams), "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    assert built[0].overrides["v_lr"] == 0.25 and len(recording.calls) == 1
+    assert "ignoring alg_name, model_name, rewrite_module_tmp" in caplog.text and "legacy_knob" in caplog.text
+    bad = CliRunner().invoke(app, [*base, "--set", "v_lrr=1", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "unknown memit hyperparameter v_lrr" in " ".join(bad.output.split())
+    assert len(built) == 1 and not (tmp_path / "bad").exists()

@@ -10,7 +10,7 @@ import torch
 
 from conftest import SHARED_DATA
 from editdecay.data import EditRequest, LocalityPrompt, load_edit_requests
-from editdecay.editing import StatsStore
+from editdecay.editing import EditContext, StatsStore
 
 _SENTENCES = [
     "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid.",
@@ -30,20 +30,41 @@ def write_corpus(directory: Path, documents: int = 60) -> Path:
 
 
 def capital_requests(n: int = 4) -> list[EditRequest]:
-    facts = [("France", "Rome", "Paris"), ("Italy", "Berlin", "Rome"), ("Spain", "Tokyo", "Madrid"),
-             ("Michael Jordan", "piano", "basketball"), ("Toyota", "London", "Tokyo"),
-             ("Apple", "Beijing", "Cupertino")]
-    return [EditRequest(str(i), subject, "The capital of {} is" if i < 3 else "{} is associated with", new, true,
-                        paraphrase_prompts=(f"Where is {subject}? It is in",),
-                        neighborhood=(LocalityPrompt("The capital of Germany is", "Berlin"),))
-            for i, (subject, new, true) in enumerate(facts[:n])]
+    facts = [
+        ("France", "Rome", "Paris"),
+        ("Italy", "Berlin", "Rome"),
+        ("Spain", "Tokyo", "Madrid"),
+        ("Michael Jordan", "piano", "basketball"),
+        ("Toyota", "London", "Tokyo"),
+        ("Apple", "Beijing", "Cupertino"),
+    ]
+    return [
+        EditRequest(
+            str(i),
+            subject,
+            "The capital of {} is" if i < 3 else "{} is associated with",
+            new,
+            true,
+            paraphrase_prompts=(f"Where is {subject}? It is in",),
+            neighborhood=(LocalityPrompt("The capital of Germany is", "Berlin"),),
+        )
+        for i, (subject, new, true) in enumerate(facts[:n])
+    ]
 
 
 def fast_hparams(corpus: Path, **overrides: object) -> dict[str, object]:
     """Cheap settings for tiny models: a file corpus, few steps, layers 1-2, a scale-matched lambda."""
-    return {"layers": [1, 2], "mom2_dataset": str(corpus), "mom2_n_tokens": 2500, "mom2_max_length": 64,
-            "v_num_grad_steps": 6, "context_template_count": 2, "context_template_tokens": 5,
-            "mom2_update_weight": 10.0, **overrides}
+    return {
+        "layers": [1, 2],
+        "mom2_dataset": str(corpus),
+        "mom2_n_tokens": 2500,
+        "mom2_max_length": 64,
+        "v_num_grad_steps": 6,
+        "context_template_count": 2,
+        "context_template_tokens": 5,
+        "mom2_update_weight": 10.0,
+        **overrides,
+    }
 
 
 def real_requests(shared: Path | None, n: int) -> list[EditRequest]:
@@ -82,7 +103,7 @@ def edit_success(loaded, editor, store: StatsStore, n: int = 10) -> int:
 
     model, tok = loaded
     requests = real_requests(SHARED_DATA if SHARED_DATA.is_dir() else None, n)
-    patch = editor.edit(model, tok, requests, stats=store, fingerprint=loaded.fingerprint)
+    patch = editor.edit(model, tok, requests, EditContext(stats=store, fingerprint=loaded.fingerprint))
     patch.apply(model, fingerprint=loaded.fingerprint)
     try:
         per_edit = edit_metrics(score_edits(model, tok, requests, progress=False))

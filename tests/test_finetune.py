@@ -130,10 +130,16 @@ def test_spec_round_trip_id_and_validation() -> None:
 
 
 def test_cli_defaults_match_the_spec() -> None:
-    from editdecay.cli.finetuning import _DEFAULTS
+    import typer.main
 
-    spec = FinetuneSpec()
-    assert {k: getattr(spec, k) for k in _DEFAULTS} == _DEFAULTS
+    from editdecay.cli import app
+
+    command = typer.main.get_command(app).commands["finetune"]  # type: ignore[attr-defined]
+    options = {param.name: param.default for param in command.params}
+    options["compute_dtype"] = options.pop("dtype")
+    options["targets"] = tuple(options["targets"].split(","))
+    spec_defaults = {f.name: f.default for f in dataclasses.fields(FinetuneSpec)}
+    assert {k: options[k] for k in spec_defaults} == spec_defaults  # every spec field is an option, same default
 
 
 # --- tokenization and batching ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import test_edit_support
 from editdecay.data import EditRequest
 from editdecay.editing import (
+    EditContext,
     EditInputError,
     MemitEditor,
     MemitHyperParams,
@@ -68,8 +69,9 @@ def test_batched_targets_equal_one_at_a_time(arch: str) -> None:
     settings = TargetSettings(z_layer=2, steps=8)
     batched = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=5, progress=False)
     single = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=1, progress=False)
-    full = compute_targets(model, tok, capital_requests(5), contexts, settings, batch_size=5, mode="full",
-                           progress=False)
+    full = compute_targets(
+        model, tok, capital_requests(5), contexts, settings, batch_size=5, mode="full", progress=False
+    )
     assert batched.modes == ["suffix"] and full.modes == ["full"]
     assert (batched.z - batched.z_init).norm(dim=1).min() > 0.1  # the targets moved
     torch.testing.assert_close(batched.z, single.z, rtol=1e-9, atol=1e-9)
@@ -81,17 +83,35 @@ def test_bfloat16_steps_approximate_float32_targets_without_touching_the_model()
     model = tiny_model("llama")
     before = state_of(model)
     contexts = ["{}", "The weather is nice. {}"]
-    exact = compute_targets(model, tiny_tokenizer(add_bos=True), capital_requests(4), contexts,
-                            TargetSettings(z_layer=2, steps=6), progress=False)
-    low = compute_targets(model, tiny_tokenizer(add_bos=True), capital_requests(4), contexts,
-                          TargetSettings(z_layer=2, steps=6, compute_dtype="bfloat16"), progress=False)
+    exact = compute_targets(
+        model,
+        tiny_tokenizer(add_bos=True),
+        capital_requests(4),
+        contexts,
+        TargetSettings(z_layer=2, steps=6),
+        progress=False,
+    )
+    low = compute_targets(
+        model,
+        tiny_tokenizer(add_bos=True),
+        capital_requests(4),
+        contexts,
+        TargetSettings(z_layer=2, steps=6, compute_dtype="bfloat16"),
+        progress=False,
+    )
     assert same_state(before, state_of(model)) and next(model.parameters()).dtype == torch.float32
     assert low.z.dtype == torch.float32 and torch.equal(low.z_init, exact.z_init)  # z_init: float32 pass
     moved = (exact.z - exact.z_init).norm()
     assert 0 < (low.z - exact.z).norm() < 0.1 * moved
     with pytest.raises(ValueError, match="not a floating-point"):
-        compute_targets(model, tiny_tokenizer(), capital_requests(1), contexts,
-                        TargetSettings(z_layer=2, steps=1, compute_dtype="int8"), progress=False)
+        compute_targets(
+            model,
+            tiny_tokenizer(),
+            capital_requests(1),
+            contexts,
+            TargetSettings(z_layer=2, steps=1, compute_dtype="int8"),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -142,8 +162,8 @@ def test_batched_and_single_editing_give_the_same_patch(tmp_path) -> None:
     corpus, store = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
     a = build_editor("memit", fast_hparams(corpus, z_batch_size=4, mom2_dtype="float64"))
     b = build_editor("memit", fast_hparams(corpus, z_batch_size=1, mom2_dtype="float64"))
-    pa = a.edit(model, tok, capital_requests(4), stats=store)
-    pb = b.edit(model, tok, capital_requests(4), stats=store)
+    pa = a.edit(model, tok, capital_requests(4), EditContext(stats=store))
+    pb = b.edit(model, tok, capital_requests(4), EditContext(stats=store))
     assert pa.deltas.keys() == pb.deltas.keys()
     for name in pa.deltas:
         torch.testing.assert_close(pa.deltas[name], pb.deltas[name], rtol=1e-7, atol=1e-9)
@@ -154,7 +174,7 @@ def test_only_edit_layers_change_and_the_callers_model_is_untouched(tmp_path) ->
     before = state_of(model)
     editor = build_editor("memit", fast_hparams(write_corpus(tmp_path)))
     store = StatsStore(tmp_path / "stats")
-    patch = editor.edit(model, tok, capital_requests(4), stats=store)
+    patch = editor.edit(model, tok, capital_requests(4), EditContext(stats=store))
     assert same_state(before, state_of(model))
     assert sorted(patch.deltas) == ["transformer.h.1.mlp.c_proj.weight", "transformer.h.2.mlp.c_proj.weight"]
     assert patch.layers == [1, 2] and patch.request_ids == ["0", "1", "2", "3"]
@@ -162,7 +182,7 @@ def test_only_edit_layers_change_and_the_callers_model_is_untouched(tmp_path) ->
     assert patch.manifest["protocol"]["sequential"] is False
     assert len(patch.manifest["context_templates"]) == 3
 
-    edited = editor.edit(model, tok, capital_requests(4), stats=store, in_place=True)
+    edited = editor.edit(model, tok, capital_requests(4), EditContext(stats=store), in_place=True)
     after = state_of(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == set(patch.deltas)
@@ -180,7 +200,7 @@ def test_the_updates_carry_the_wanted_change_at_the_z_layer(tmp_path) -> None:
     carried = {}
     for lam in (1e-3, 1e6):
         editor = build_editor("memit", fast_hparams(corpus, mom2_update_weight=lam, mom2_dtype="float64"))
-        patch = editor.edit(model, tok, capital_requests(3), stats=store)
+        patch = editor.edit(model, tok, capital_requests(3), EditContext(stats=store))
         carried[lam] = patch.manifest["batches"][0]["carried_fraction_mean"]
     assert carried[1e-3] > 0.9
     assert carried[1e6] < 0.05
@@ -212,7 +232,8 @@ def test_gemma3_updates_stay_on_the_scale_of_the_mlp_output(tmp_path) -> None:
     """Without the post-norm correction the tiny Gemma 3 updates explode (~1e3); with it they stay ~1."""
     model, tok = tiny_model("gemma3", dtype=torch.float64), tiny_tokenizer(add_bos=True)
     patch = build_editor("memit", fast_hparams(write_corpus(tmp_path), mom2_dtype="float64")).edit(
-        model, tok, capital_requests(3), stats=StatsStore(tmp_path / "stats"))
+        model, tok, capital_requests(3), EditContext(stats=StatsStore(tmp_path / "stats"))
+    )
     norms = [layer["update_norm"] for layer in patch.manifest["batches"][0]["layers"].values()]
     assert max(norms) < 20
     assert patch.manifest["batches"][0]["carried_fraction_mean"] > 0.3
@@ -233,7 +254,7 @@ def test_an_exception_mid_edit_leaves_the_weights_as_they_were(tmp_path, monkeyp
 
     monkeypatch.setattr(MemitEditor, "_layer_delta", failing)
     with pytest.raises(RuntimeError, match="boom"):
-        editor.edit(model, tok, capital_requests(2), stats=StatsStore(tmp_path / "stats"), in_place=True)
+        editor.edit(model, tok, capital_requests(2), EditContext(stats=StatsStore(tmp_path / "stats")), in_place=True)
     assert calls == [1, 2]
     assert same_state(before, state_of(model))
 
@@ -258,8 +279,17 @@ def test_subject_index_with_and_without_bos(add_bos: bool) -> None:
 def test_targets_do_not_depend_on_the_tokenizers_padding_side() -> None:
     model = tiny_model("llama", dtype=torch.float64)
     settings = TargetSettings(z_layer=2, steps=4)
-    out = [compute_targets(model, tiny_tokenizer(add_bos=True, padding_side=side), capital_requests(3),
-                           ["{}", "The weather is nice. {}"], settings, progress=False).z for side in ("left", "right")]
+    out = [
+        compute_targets(
+            model,
+            tiny_tokenizer(add_bos=True, padding_side=side),
+            capital_requests(3),
+            ["{}", "The weather is nice. {}"],
+            settings,
+            progress=False,
+        ).z
+        for side in ("left", "right")
+    ]
     assert torch.equal(out[0], out[1])
 
 
@@ -269,39 +299,52 @@ def test_bad_input_gets_clear_errors(tmp_path) -> None:
     hp = fast_hparams(write_corpus(tmp_path))
     good = capital_requests(1)[0]
     with pytest.raises(ValueError, match=r"Layers \[7\] are outside the model"):
-        build_editor("memit", {**hp, "layers": [1, 7]}).edit(model, tok, [good], stats=store)
+        build_editor("memit", {**hp, "layers": [1, 7]}).edit(model, tok, [good], EditContext(stats=store))
     no_subject = EditRequest("bad", "France", "The capital is", "Rome", "Paris")
     with pytest.raises(EditInputError, match=r"'bad'.*does not occur"):
-        build_editor("memit", hp).edit(model, tok, [no_subject], stats=store)
+        build_editor("memit", hp).edit(model, tok, [no_subject], EditContext(stats=store))
     blank = EditRequest("blank", "France", "The capital of {} is", "  ", "Paris")
     with pytest.raises(EditInputError, match=r"'blank'.*target_new is empty"):
-        build_editor("memit", hp).edit(model, tok, [blank], stats=store)
+        build_editor("memit", hp).edit(model, tok, [blank], EditContext(stats=store))
     with pytest.raises(EditInputError, match="No edit requests"):
-        build_editor("memit", hp).edit(model, tok, [], stats=store)
+        build_editor("memit", hp).edit(model, tok, [], EditContext(stats=store))
     with pytest.raises(ValueError, match="Unknown editor 'rome'"):
         build_editor("rome")
     with pytest.raises(ValueError, match="v_lr must be > 0"):
         build_editor("memit", {"v_lr": 0})
     with pytest.raises(ValueError, match="v_loss_layer=2"):
-        build_editor("memit", {**hp, "v_loss_layer": 2}).edit(model, tok, [good], stats=store)
+        build_editor("memit", {**hp, "v_loss_layer": 2}).edit(model, tok, [good], EditContext(stats=store))
     # A step so large that the hidden states overflow: the optimisation must stop with a clear error.
     before = state_of(model)
     wild = {**hp, "v_lr": 1e38, "clamp_norm_factor": 1e38}
     with pytest.raises(TargetOptimisationError, match=r"NaN/inf loss .* \['0'\]"):
-        build_editor("memit", wild).edit(model, tok, [good], stats=store)
+        build_editor("memit", wild).edit(model, tok, [good], EditContext(stats=store))
     assert same_state(before, state_of(model))
     with torch.no_grad():
         model.get_parameter("model.layers.3.mlp.up_proj.weight").fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN/inf logits"):
-        build_editor("memit", hp).edit(model, tok, [good], stats=store)
+        build_editor("memit", hp).edit(model, tok, [good], EditContext(stats=store))
 
 
 def test_hparams_files_load_with_unknown_keys_recorded(tmp_path, caplog) -> None:
-    memit_json = {"layers": [3, 4, 5, 6, 7, 8], "layer_selection": "all", "fact_token": "subject_last",
-                  "v_num_grad_steps": 25, "v_lr": 5e-1, "v_loss_layer": 27, "v_weight_decay": 0.5,
-                  "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_adjustment": True,
-                  "mom2_update_weight": 15000, "rewrite_module_tmp": "transformer.h.{}.mlp.fc_out",
-                  "mom2_dataset": "wikipedia", "mom2_n_samples": 100000, "mom2_dtype": "float32", "extra_knob": 1}
+    memit_json = {
+        "layers": [3, 4, 5, 6, 7, 8],
+        "layer_selection": "all",
+        "fact_token": "subject_last",
+        "v_num_grad_steps": 25,
+        "v_lr": 5e-1,
+        "v_loss_layer": 27,
+        "v_weight_decay": 0.5,
+        "clamp_norm_factor": 0.75,
+        "kl_factor": 0.0625,
+        "mom2_adjustment": True,
+        "mom2_update_weight": 15000,
+        "rewrite_module_tmp": "transformer.h.{}.mlp.fc_out",
+        "mom2_dataset": "wikipedia",
+        "mom2_n_samples": 100000,
+        "mom2_dtype": "float32",
+        "extra_knob": 1,
+    }
     path = tmp_path / "gpt-j.json"
     path.write_text(json.dumps(memit_json))
     with caplog.at_level(logging.WARNING, logger="editdecay.editing.hparams"):
@@ -310,8 +353,9 @@ def test_hparams_files_load_with_unknown_keys_recorded(tmp_path, caplog) -> None
     assert hp.ignored == {"rewrite_module_tmp": "transformer.h.{}.mlp.fc_out", "extra_knob": 1}
     assert "extra_knob" in caplog.text
     yaml_path = tmp_path / "alphaedit.yaml"
-    yaml_path.write_text("alg_name: AlphaEdit\nmodel_name: x\nlayers: [1, 2]\nnullspace_threshold: 2e-2\nL2: 10\n"
-                         "v_lr: 1e-1\n")
+    yaml_path.write_text(
+        "alg_name: AlphaEdit\nmodel_name: x\nlayers: [1, 2]\nnullspace_threshold: 2e-2\nL2: 10\nv_lr: 1e-1\n"
+    )
     editor = build_editor("alphaedit", yaml_path)
     model = tiny_model("llama")
     resolved = editor.resolved_hparams(model)
@@ -324,8 +368,9 @@ def test_presets_are_recognised_from_the_model_shape() -> None:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(LlamaConfig(**{"vocab_size": 64, **config}))
 
-    smol = meta(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-                num_key_value_heads=3)
+    smol = meta(
+        num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3
+    )
     assert preset_for_model(smol) == "smollm2-135m"
     fast = DtypeResolver(forced="bfloat16")  # what the probe answers on an AVX512-BF16 CPU
     assert build_editor("memit", dtypes=fast).resolved_hparams(smol).mom2_update_weight == 1500
@@ -351,7 +396,8 @@ def test_presets_are_recognised_from_the_model_shape() -> None:
 def test_edit_layers_are_where_the_patch_is(tmp_path) -> None:
     model, tok = tiny_model("gpt_neox"), tiny_tokenizer()
     patch = build_editor("memit", fast_hparams(write_corpus(tmp_path), layers=[0, 3])).edit(
-        model, tok, capital_requests(2), stats=StatsStore(tmp_path / "stats"))
+        model, tok, capital_requests(2), EditContext(stats=StatsStore(tmp_path / "stats"))
+    )
     arch = arch_for(model)
     assert sorted(patch.deltas) == [arch.mlp_out_weight_name(0), arch.mlp_out_weight_name(3)]
     assert patch.deltas[arch.mlp_out_weight_name(0)].shape == mlp_out(model, 0).weight.shape
@@ -371,15 +417,21 @@ def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pyte
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     corpus, stats = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
     requests = capital_requests(3)
-    uncached = {name: build_editor(name, fast_hparams(corpus)).edit(model, tok, requests, stats=stats)
-                for name in ("memit", "alphaedit")}
+    uncached = {
+        name: build_editor(name, fast_hparams(corpus)).edit(model, tok, requests, EditContext(stats=stats))
+        for name in ("memit", "alphaedit")
+    }
 
     calls = []
     real = editor_module.compute_targets
     monkeypatch.setattr(editor_module, "compute_targets", lambda *a, **k: calls.append(1) or real(*a, **k))
     store = TargetStore(tmp_path / "targets")
-    shared = {name: build_editor(name, fast_hparams(corpus)).edit(model, tok, requests, stats=stats, targets=store)
-              for name in ("memit", "alphaedit")}
+    shared = {
+        name: build_editor(name, fast_hparams(corpus)).edit(
+            model, tok, requests, EditContext(stats=stats, targets=store)
+        )
+        for name in ("memit", "alphaedit")
+    }
     assert len(calls) == 1  # the second editor read the first one's targets
     for name in uncached:
         assert uncached[name].deltas.keys() == shared[name].deltas.keys()
@@ -387,9 +439,11 @@ def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pyte
             assert torch.equal(delta, shared[name].deltas[param]), (name, param)
 
     # Any input of the optimisation changes the key: other steps, other requests, another model.
-    build_editor("memit", fast_hparams(corpus, v_num_grad_steps=3)).edit(model, tok, requests, stats=stats,
-                                                                          targets=store)
-    build_editor("memit", fast_hparams(corpus)).edit(model, tok, requests[:2], stats=stats, targets=store)
-    build_editor("memit", fast_hparams(corpus)).edit(tiny_model("llama", seed=1), tok, requests, stats=stats,
-                                                     targets=store)
+    build_editor("memit", fast_hparams(corpus, v_num_grad_steps=3)).edit(
+        model, tok, requests, EditContext(stats=stats, targets=store)
+    )
+    build_editor("memit", fast_hparams(corpus)).edit(model, tok, requests[:2], EditContext(stats=stats, targets=store))
+    build_editor("memit", fast_hparams(corpus)).edit(
+        tiny_model("llama", seed=1), tok, requests, EditContext(stats=stats, targets=store)
+    )
     assert len(calls) == 4

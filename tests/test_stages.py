@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from editdecay.config import ExperimentConfig, load_grid
+from editdecay.evaluation import GroupScores, groups
+from editdecay.evaluation.groups import downstream_accuracy
 from editdecay.experiments import stages
-from editdecay.experiments.stages import downstream_accuracy
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,9 +25,9 @@ def _records(task: str, correct: list[bool]) -> pd.DataFrame:
 
 def test_downstream_accuracy_is_keyed_by_group_when_a_group_lacks_records() -> None:
     # M and Med were evaluated before the task data existed: only Mft and Med_ft have downstream tables.
-    tables = {"M": {"edits": pd.DataFrame()}, "Med": {},
-              "Mft": {"downstream": _records("boolq", [True, False, False, False])},
-              "Med_ft": {"downstream": _records("boolq", [True, True, True, False])}}
+    tables = {"M": GroupScores(pd.DataFrame()), "Med": GroupScores(pd.DataFrame()),
+              "Mft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, False, False, False])),
+              "Med_ft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, True, True, False]))}
     accuracy = downstream_accuracy(tables)
     assert accuracy == {"Mft": {"boolq": 25.0, "average": 25.0}, "Med_ft": {"boolq": 75.0, "average": 75.0}}
 
@@ -38,8 +39,8 @@ def test_evaluate_stage_passes_the_generate_settings(tmp_path: Path, monkeypatch
         calls.append({"tasks": tasks, **kwargs})
         return _records(tasks[0], [True])
 
-    monkeypatch.setattr(stages, "score_edits", lambda *args, **kwargs: pd.DataFrame({"case_id": ["0"]}))
-    monkeypatch.setattr(stages, "evaluate_tasks", fake_tasks)
+    monkeypatch.setattr(groups, "score_edits", lambda *args, **kwargs: pd.DataFrame({"case_id": ["0"]}))
+    monkeypatch.setattr(groups, "evaluate_tasks", fake_tasks)
     config = ExperimentConfig.model_validate({"evaluation": {
         "tasks": ["builtin-commonsense"], "task_mode": "generate", "num_beams": 4, "batch_size": 1,
         "answer_extraction": "study"}})
@@ -52,10 +53,10 @@ def test_evaluate_stage_passes_the_generate_settings(tmp_path: Path, monkeypatch
 
     # The stage reads only the config, the base tokenizer, the group's model and `stage`.
     run = SimpleNamespace(config=config, base=SimpleNamespace(tokenizer="tok"), models={"M": "model"}, stage=stage)
-    tables = stages.evaluate_stage(run, "M", [], [], "key")  # type: ignore[arg-type]
-    assert set(tables) == {"edits", "downstream"}
+    scores = stages.evaluate_stage(run, "M", [], [], "key")  # type: ignore[arg-type]
+    assert set(scores.tables()) == {"edits", "downstream"}
     assert calls == [{"tasks": ["builtin-commonsense"], "data_dir": None, "mode": "generate", "limit": 20,
-                      "batch_size": 1, "num_beams": 4, "answer_extraction": "study"}]
+                      "batch_size": 1, "num_beams": 4, "answer_extraction": "study", "progress": True}]
 
 
 def test_evaluation_config_generate_defaults_and_the_paper_preset() -> None:
@@ -68,3 +69,8 @@ def test_evaluation_config_generate_defaults_and_the_paper_preset() -> None:
     paper = load_grid(PRESETS / "paper.yaml").expand()[0].evaluation
     assert (paper.task_mode, paper.num_beams, paper.batch_size, paper.answer_extraction) == (
         "generate", 4, 1, "study")
+
+
+def test_stages_take_a_run_context_and_never_import_the_runner() -> None:
+    source = Path(stages.__file__).read_text()
+    assert "experiments.runner" not in source and "RunContext" in source

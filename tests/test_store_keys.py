@@ -107,7 +107,7 @@ def test_the_resolved_compute_dtype_enters_every_key_it_changes(model_dir: Path,
     assert changed_keys(fast, slow) == set(fast) - {"model", "edits", "eval_M"}
     # An explicit dtype is the same artifact as `auto` resolved to it.
     explicit = config(model_dir, edits_file, editor={"hparams": {"v_dtype": "float32"}},
-                      finetune={"hparams": {"compute_dtype": "float32"}})
+                      finetune={"compute_dtype": "float32"})
     assert keys(explicit, "bfloat16") == slow
 
 
@@ -115,7 +115,7 @@ def test_keys_follow_resolved_values_not_the_config_as_written(model_dir: Path, 
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     base = keys(config(model_dir, edits_file))
     # Writing a default out changes the config's text, not what runs: same keys.
-    spelled = config(model_dir, edits_file, finetune={"hparams": {"r": 8, "alpha": 16.0}},
+    spelled = config(model_dir, edits_file, finetune={"r": 8, "alpha": 16.0},
                      editor={"hparams": {"kl_factor": 0.0625}})
     assert keys(spelled) == base
     # A changed preset value (the tiny model takes the fallback, built on the SmolLM2 preset) changes the patch.

@@ -1,24 +1,65 @@
-"""Pydantic schemas for experiment and grid YAML files, with dotted `key=value` overrides."""
+"""Pydantic schemas for experiment and grid YAML files, with dotted `key=value` overrides.
+
+Everything is checked when the file loads, before any model does: `finetune` carries FinetuneSpec's fields
+(generated from the dataclass, with its defaults and its validation), `editor.hparams` is checked against the
+chosen editor's hyperparameter class, and the editor, fine-tuning method, layer policy and downstream tasks
+against their registries. Errors name the key (`finetune.lr`, `editor.hparams.v_lr`).
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import functools
 import hashlib
 import itertools
 import json
+import operator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from editdecay.data.tasks import task_spec
+from editdecay.editing.hparams import PRESETS
+from editdecay.editing.registry import EDITORS
+from editdecay.finetuning.spec import FinetuneSpec, spec_fields
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
+class _KeyProblems(ValueError):
+    """Problems with keys inside one section (`(key, message)`), so the report names `section.key`."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {message}" for key, message in problems))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _removed_keys(data: Any, moved: dict[str, str]) -> Any:
+    """Reject keys of the older config format, saying what to write instead (`moved`: key -> advice)."""
+    if isinstance(data, dict):
+        problems = [(key, f"removed; {advice}") for key, advice in moved.items() if key in data]
+        if problems:
+            raise _KeyProblems(problems)
+    return data
+
+
+def _with_value(message: str, value: Any) -> str:
+    return message if repr(value) in message else f"{message} (got {value!r})"
+
+
+def _did_you_mean(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class ModelConfig(_Strict):
@@ -36,21 +77,154 @@ class EditsConfig(_Strict):
 
 
 class EditorConfig(_Strict):
-    name: Literal["memit", "alphaedit"] = "memit"
-    preset: str | None = None
-    hparams: dict[str, Any] = Field(default_factory=dict)
-    stats_corpus: str | None = None  # shorthand for hparams.mom2_dataset (None: the preset's)
-    stats_tokens: int | None = Field(None, ge=1)  # shorthand for hparams.mom2_n_tokens
+    name: str = "memit"  # a key of editdecay.editing.EDITORS
+    preset: str | None = None  # None: recognised from the model
+    hparams: dict[str, Any] = Field(default_factory=dict)  # fields of the editor's hparams class over the preset
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_statistics_shorthands(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = {"stats_corpus": "mom2_dataset", "stats_tokens": "mom2_n_tokens"}
+            _removed_keys(data, {old: f"write editor.hparams.{new}: {data.get(old)}" for old, new in moved.items()})
+        return data
 
-class FinetuneConfig(_Strict):
-    method: Literal["full", "lora", "dora"] = "lora"
-    layers: Literal["all", "edited", "non_edited"] | list[int] = "all"
-    corpus: str = "builtin"
-    max_examples: int | None = Field(256, ge=1)
-    corpus_seed: int = 0
-    hparams: dict[str, Any] = Field(default_factory=dict)
+    @field_validator("name")
+    @classmethod
+    def _registered_editor(cls, name: str) -> str:
+        if name not in EDITORS:
+            raise ValueError(f"Unknown editor {name!r}; choose one of {', '.join(EDITORS)}")
+        return name
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str | None) -> str | None:
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        return preset
+
+    @model_validator(mode="after")
+    def _hparams_of_the_editor(self) -> EditorConfig:
+        hparams_class = EDITORS[self.name].hparams_class
+        known = [f.name for f in dataclasses.fields(hparams_class) if f.name != "ignored"]
+        problems = [(f"hparams.{key}", f"unknown key for {self.name}{_did_you_mean(key, known)}")
+                    for key in unknown_editor_hparams(self.name, self.hparams)]
+        prefix = f"Invalid {hparams_class.__name__}: "
+        for key in (k for k in self.hparams if k in known):
+            try:
+                hparams_class.from_dict({key: self.hparams[key]})
+            except (ValueError, TypeError) as err:
+                problems.append((f"hparams.{key}", _with_value(str(err).removeprefix(prefix).removeprefix("hparams: "),
+                                                               self.hparams[key])))
+        if not problems:
+            try:
+                hparams_class.from_dict(self.hparams)
+            except (ValueError, TypeError) as err:
+                problems.append(("hparams", str(err).removeprefix(prefix)))
+        if problems:
+            raise _KeyProblems(problems)
+        return self
+
+
+def unknown_editor_hparams(editor: str, hparams: dict[str, Any]) -> list[str]:
+    """Keys of `hparams` that the editor's hyperparameter class does not take (the harness keys of published hparams
+    files are taken: recorded and ignored)."""
+    hparams_class = EDITORS[editor].hparams_class
+    unknown_keys = getattr(hparams_class, "unknown_keys", None)
+    if unknown_keys is not None:
+        return list(unknown_keys(hparams))
+    known = {f.name for f in dataclasses.fields(hparams_class)}
+    return sorted(k for k in hparams if k not in known)
+
+
+def _config_type(hint: Any) -> Any:
+    """A FinetuneSpec field's type as a config field's: tuples become lists (YAML sequences) and string Literals
+    plain strings (the spec checks them against its registries, naming the choices)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal and all(isinstance(a, str) for a in args):
+        return str
+    if origin is tuple:
+        return list[_config_type(args[0])]  # type: ignore[misc]
+    if args and origin not in (list, dict):  # a union
+        return functools.reduce(operator.or_, (_config_type(a) for a in args))
+    return hint
+
+
+_SPEC_FIELDS = spec_fields()
+_CORPUS_FIELDS: dict[str, Any] = {
+    "corpus": (str, "builtin"),  # builtin, a JSON/JSONL file or a directory of them
+    "max_examples": (int | None, Field(256, ge=1)),  # a seeded random subset of the corpus
+    "corpus_seed": (int, 0),
+}
+if set(_SPEC_FIELDS) & set(_CORPUS_FIELDS):
+    raise TypeError(f"FinetuneSpec fields {set(_SPEC_FIELDS) & set(_CORPUS_FIELDS)} clash with the corpus fields")
+
+
+def _spec_failure(values: dict[str, Any]) -> str | None:
+    try:
+        FinetuneSpec.from_dict(values)
+    except (ValueError, TypeError) as err:
+        return str(err).removeprefix("Invalid FinetuneSpec: ").rstrip(".")
+    return None
+
+
+def _spec_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Which fields make FinetuneSpec(**values) fail: each one tried alone (with the method, which sets the
+    default lr); a failure of the combination only is reported on the section."""
+    method = values["method"] if _spec_failure({"method": values["method"]}) is None else _SPEC_FIELDS["method"][1]
+    problems = []
+    for name, value in values.items():
+        message = _spec_failure({"method": method, name: value})
+        if message is not None:
+            problems.append((name, _with_value(message, value)))
+    if not problems and (message := _spec_failure(values)) is not None:
+        problems.append(("", message))
+    return problems
+
+
+class _FinetuneSection(_Strict):
+    """Validation of the `finetune` section; its fields are FinetuneSpec's plus the corpus's (FinetuneConfig)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_hparams_section(cls, data: Any) -> Any:
+        hparams = data.get("hparams") if isinstance(data, dict) else None
+        keys = ", ".join(hparams) if isinstance(hparams, dict) else "lr, epochs, ..."
+        return _removed_keys(data, {"hparams": f"move these keys up into finetune: ({keys})"})
+
+    @model_validator(mode="after")
+    def _valid_spec(self) -> _FinetuneSection:
+        try:
+            self.spec()
+        except (ValueError, TypeError):
+            raise _KeyProblems(_spec_problems(self.spec_values())) from None
+        return self
+
+    def spec_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SPEC_FIELDS}
+
+    def spec(self) -> FinetuneSpec:
+        """The FinetuneSpec of this section (`lr: null` takes the method's default; `compute_dtype` may be auto)."""
+        return FinetuneSpec.from_dict(self.spec_values())
+
+
+def _finetune_fields() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, (hint, default) in _SPEC_FIELDS.items():
+        found[name] = (_config_type(hint), list(default) if isinstance(default, tuple) else default)
+    return {**found, **_CORPUS_FIELDS}
+
+
+if TYPE_CHECKING:
+    class FinetuneConfig(_FinetuneSection):
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    FinetuneConfig = create_model(
+        "FinetuneConfig", __base__=_FinetuneSection, __module__=__name__,
+        __doc__="Fine-tuning: every FinetuneSpec field (same defaults) plus the corpus and its subset.",
+        **_finetune_fields(),
+    )
 
 
 class EvaluationConfig(_Strict):
@@ -68,6 +242,13 @@ class EvaluationConfig(_Strict):
     activations: bool = True
     activation_prompts: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _registered_tasks(cls, tasks: list[str]) -> list[str]:
+        for name in tasks:
+            task_spec(name)  # a name or alias of editdecay.data.TASKS; the error lists them
+        return tasks
 
 
 class ExperimentConfig(_Strict):
@@ -143,10 +324,17 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def _format_validation_error(err: ValidationError, origin: str) -> ConfigError:
     lines = []
     for problem in err.errors():
-        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        lines.append(f"  {key}: {message}" + (f" (got {problem['input']!r})" if problem["type"] != "extra_forbidden"
-                                               and not isinstance(problem["input"], dict) else ""))
+        loc = [str(p) for p in problem["loc"]]
+        cause = problem.get("ctx", {}).get("error")
+        if isinstance(cause, _KeyProblems):
+            lines += [f"  {'.'.join([*loc, key] if key else loc) or '(top level)'}: {message}"
+                      for key, message in cause.problems]
+            continue
+        key = ".".join(loc) or "(top level)"
+        unknown = problem["type"] == "extra_forbidden"
+        message = "unknown key" if unknown else problem["msg"].removeprefix("Value error, ")
+        shown = not unknown and not isinstance(problem["input"], dict)
+        lines.append(f"  {key}: {message}" + (f" (got {problem['input']!r})" if shown else ""))
     return ConfigError(f"Invalid config in {origin}:\n" + "\n".join(lines))
 
 

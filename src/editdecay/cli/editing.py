@@ -9,8 +9,7 @@ from typing import Any
 import typer
 
 from editdecay.cli.app import app, parse_blocks
-
-_EDITORS = ("memit", "alphaedit")
+from editdecay.editing.registry import EDITORS
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -93,7 +92,7 @@ def stats_command(
 def edit_command(
     out: Path = typer.Option(..., "--out", help="Output directory: patch/ (WeightPatch) and summary.json."),
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
-    editor: str = typer.Option("memit", "--editor", help="memit or alphaedit."),
+    editor: str = typer.Option("memit", "--editor", help=f"{', '.join(EDITORS)}."),
     dataset: str = typer.Option("builtin", "--dataset",
                                 help="builtin, or a CounterFact (ROME/EasyEdit) / zsRE / built-in JSON(L) file."),
     n: int = typer.Option(None, "--n", min=1, help="Number of edit requests (default: all)."),
@@ -101,9 +100,11 @@ def edit_command(
                              "first n), as in `editdecay evaluate`."),
     zsre_target: str = typer.Option("answers", "--zsre-target", help="zsRE target: answers (MEMIT) or alt."),
     editor_seed: int = typer.Option(0, "--editor-seed", help="Seed of the editor's context templates."),
-    hparams: Path = typer.Option(None, "--hparams", help="MEMIT JSON / EasyEdit YAML hyperparameter file."),
+    hparams: Path = typer.Option(None, "--hparams", help="MEMIT JSON / EasyEdit YAML hyperparameter file (keys it "
+                                 "does not use are ignored and recorded)."),
     preset: str = typer.Option(None, "--preset", help="Preset name (default: recognised from the model)."),
-    settings: list[str] = typer.Option([], "--set", help="Override a hyperparameter: key=value (repeatable)."),
+    settings: list[str] = typer.Option([], "--set", help="Override a hyperparameter of the editor's hparams class: "
+                                       "key=value (repeatable)."),
     layers: str = typer.Option(None, "--layers", help="Edit layers (4,5,6 or 4-8)."),
     corpus: str = typer.Option(None, "--corpus", help="Statistics corpus (hparam mom2_dataset)."),
     tokens: int = typer.Option(None, "--tokens", min=1, help="Statistics sample size (hparam mom2_n_tokens)."),
@@ -113,8 +114,10 @@ def edit_command(
     threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
 ) -> None:
     """Edit requests into a model; write the WeightPatch and a summary (update norms, time split)."""
+    from editdecay.config import unknown_editor_hparams
     from editdecay.data import DataFormatError, load_edit_requests
     from editdecay.editing import (
+        EditContext,
         EditInputError,
         SolveError,
         StatisticError,
@@ -125,8 +128,12 @@ def edit_command(
     from editdecay.editing.hparams import read_hparams_file
     from editdecay.storage import atomic_write_json
 
-    if editor not in _EDITORS:
-        raise typer.BadParameter(f"{editor!r}: choose one of {', '.join(_EDITORS)}", param_hint="--editor")
+    if editor not in EDITORS:
+        raise typer.BadParameter(f"{editor!r}: choose one of {', '.join(EDITORS)}", param_hint="--editor")
+    explicit = _settings(settings)
+    unknown = unknown_editor_hparams(editor, explicit)
+    if unknown:
+        raise typer.BadParameter(f"unknown {editor} hyperparameter {', '.join(unknown)}", param_hint="--set")
     if zsre_target not in ("answers", "alt"):
         raise typer.BadParameter(f"{zsre_target!r}: use answers or alt", param_hint="--zsre-target")
     try:
@@ -139,7 +146,7 @@ def edit_command(
             overrides.update(read_hparams_file(hparams))
     except (FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--hparams") from err
-    overrides.update(_settings(settings))
+    overrides.update(explicit)
     for key, value in (("layers", _layers(layers)), ("mom2_dataset", corpus), ("mom2_n_tokens", tokens)):
         if value is not None:
             overrides[key] = value
@@ -153,8 +160,9 @@ def edit_command(
     if evaluate:
         summary["before"] = _scores(loaded, requests)
     try:
-        patch = chosen.edit(loaded.model, loaded.tokenizer, requests, stats=StatsStore(_stats_root(stats_dir)),
-                            seed=editor_seed, fingerprint=loaded.fingerprint)
+        context = EditContext(stats=StatsStore(_stats_root(stats_dir)), seed=editor_seed,
+                              fingerprint=loaded.fingerprint)
+        patch = chosen.edit(loaded.model, loaded.tokenizer, requests, context)
     except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError,
             FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err

@@ -1,8 +1,9 @@
 """`editdecay evaluate`: edit metrics, decay, downstream accuracy and activation shift of a model and its
-edited / fine-tuned variants."""
+edited / fine-tuned variants, through the same evaluation path and into the same tables as `editdecay run`."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ def evaluate_command(
                                               help="Evaluate requests other than the ones --patch edited (warns)."),
     adapter: Path = typer.Option(None, "--adapter", help="Fine-tuning result directory: adds Mft (without --patch) "
                                  "or Med_ft (trained on the patched model)."),
+    base_adapter: Path = typer.Option(None, "--base-adapter", help="With --patch: the fine-tuning result of the "
+                                      "base model, adding Mft beside Med and Med_ft."),
     dataset: str = typer.Option("builtin", "--dataset", help="Edit requests: builtin or a CounterFact/zsRE file."),
     n: int = typer.Option(None, "--n", help="Number of edit requests (default: all)."),
     seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed (default: the "
@@ -55,9 +58,10 @@ def evaluate_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward pass."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Evaluate M (and Med / Mft / Med_ft when --patch / --adapter are given); write tables and a summary."""
+    """Evaluate M (and Med / Mft / Med_ft when --patch / --adapter / --base-adapter are given); write tables and
+    a summary."""
     from editdecay.data import DataFormatError, load_edit_requests, load_task
-    from editdecay.evaluation.groups import evaluate_groups, write_evaluation
+    from editdecay.evaluation.groups import evaluate_groups, write_summary
     from editdecay.models import ModelLoadError, load_model
 
     if mode not in ("loglik", "generate"):
@@ -66,6 +70,9 @@ def evaluate_command(
         raise typer.BadParameter(f"{zsre_target!r}: use answers or alt", param_hint="--zsre-target")
     if answer_extraction not in ("lenient", "study"):
         raise typer.BadParameter(f"{answer_extraction!r}: use lenient or study", param_hint="--answer-extraction")
+    if base_adapter is not None and patch is None:
+        raise typer.BadParameter("without --patch, --adapter is the base model's fine-tuning (Mft)",
+                                 param_hint="--base-adapter")
     task_names = _split(tasks)
     try:
         requests = load_edit_requests(dataset, n, seed=seed, zsre_target=zsre_target)  # type: ignore[arg-type]
@@ -87,26 +94,28 @@ def evaluate_command(
             raise typer.BadParameter(str(err), param_hint="--patch") from err
         _check_patch_requests(loaded_patch, requests, allow_other_requests)
     try:
-        models, tokenizer, origin = _model_groups(model, loaded_patch, adapter, load_model)
+        models, tokenizer, origin = _model_groups(model, loaded_patch, adapter, base_adapter, load_model)
     except ModelLoadError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from err
     except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err), param_hint="--patch/--adapter") from err
+        raise typer.BadParameter(str(err), param_hint="--patch/--adapter/--base-adapter") from err
     try:
         result = evaluate_groups(models, tokenizer, requests, control=control_requests, tasks=task_names,
                                  data_dir=data_dir, task_mode=mode, task_limit=limit,  # type: ignore[arg-type]
                                  num_beams=num_beams, answer_extraction=answer_extraction,  # type: ignore[arg-type]
-                                 activations=activations,
-                                 activation_prompts=activation_prompts, batch_size=batch_size, progress=progress)
+                                 activations=activations, activation_prompts=activation_prompts,
+                                 edit_layers=loaded_patch.layers if loaded_patch is not None else None,
+                                 batch_size=batch_size, progress=progress)
     except (DataFormatError, ValueError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from err
     extra = {"model": model, "model_origin": origin, "patch": str(patch) if patch else None,
-             "adapter": str(adapter) if adapter else None, "dataset": dataset, "n": len(requests),
+             "adapter": str(adapter) if adapter else None,
+             "base_adapter": str(base_adapter) if base_adapter else None, "dataset": dataset, "n": len(requests),
              "control": control, "tasks": task_names, "task_mode": mode, "task_limit": limit,
              "answer_extraction": answer_extraction if mode == "generate" else None,
              "data_dir": os.fspath(data_dir) if data_dir else None}
-    for path in write_evaluation(result, out, extra):
+    for path in write_summary(result, out, extra):
         typer.echo(f"wrote {path}")
     decay = result.summary["edits"]["decay"]
     for group, metrics in decay["groups"].items():
@@ -141,17 +150,22 @@ def _check_patch_requests(patch: WeightPatch, requests: list[EditRequest], allow
     typer.echo(f"WARNING: {message}; continuing because of --allow-other-requests.", err=True)
 
 
-def _model_groups(model: str, patch: WeightPatch | None, adapter: Path | None, load_model):
-    """M, plus Med = M + patch (a loaded WeightPatch), and Mft = M + adapter or Med_ft = Med + adapter."""
+def _model_groups(model: str, patch: WeightPatch | None, adapter: Path | None, base_adapter: Path | None,
+                  load_model):
+    """M, plus Med = M + patch (a loaded WeightPatch), Mft = M + base_adapter, and Mft = M + adapter or
+    Med_ft = Med + adapter; made as `editdecay run` makes them (a copy of M, adapters merged)."""
     base = load_model(model)
     models = {"M": base.model}
     if patch is not None:
-        edited = load_model(model).model
-        patch.apply(edited)
+        edited = copy.deepcopy(base.model)
+        patch.apply(edited, fingerprint=base.fingerprint)
         models["Med"] = edited
-    if adapter is not None:
+    if adapter is not None or base_adapter is not None:
         from editdecay.finetuning import load_finetuned
 
-        parent = models.get("Med", base.model)
-        models["Med_ft" if patch is not None else "Mft"] = load_finetuned(parent, adapter)
+        if base_adapter is not None:
+            models["Mft"] = load_finetuned(base.model, base_adapter, merge=True)
+        if adapter is not None:
+            parent = models.get("Med", base.model)
+            models["Med_ft" if patch is not None else "Mft"] = load_finetuned(parent, adapter, merge=True)
     return models, base.tokenizer, base.origin

@@ -7,21 +7,18 @@ from pathlib import Path
 import typer
 
 from editdecay.cli.app import app, parse_blocks
+from editdecay.finetuning.methods import FINETUNE_METHODS
+from editdecay.finetuning.spec import COMPUTE_DTYPES, LAYER_POLICIES, spec_fields
 
-_POLICIES = ("all", "edited", "non_edited")
-_DEFAULTS = {  # FinetuneSpec's defaults, repeated here so `--help` needs no torch import (checked by a test)
-    "r": 8, "alpha": 16.0, "dropout": 0.05, "epochs": 3, "batch_size": 16, "grad_accum": 1, "warmup_steps": 0,
-    "warmup_ratio": 0.05, "weight_decay": 0.0, "seed": 0, "cutoff_len": 256, "train_on_inputs": True,
-    "compute_dtype": "auto",
-}
+SPEC_DEFAULTS = {name: default for name, (_, default) in spec_fields().items()}  # the options' defaults
 
 
 def parse_layers(text: str) -> str | tuple[int, ...]:
-    """`all`, `edited`, `non_edited`, or block indices such as `4,5,6` or `4-8`."""
+    """A layer policy (`all`, `edited`, `non_edited`), or block indices such as `4,5,6` or `4-8`."""
     text = text.strip()
-    if text in _POLICIES:
+    if text in LAYER_POLICIES:
         return text
-    blocks = parse_blocks(text, "all, edited, non_edited, or block indices like 4,5,6 or 4-8")
+    blocks = parse_blocks(text, f"{', '.join(LAYER_POLICIES)}, or block indices like 4,5,6 or 4-8")
     return tuple(blocks)
 
 
@@ -30,32 +27,41 @@ def finetune_command(
     out: Path = typer.Option(..., "--out", help="Result directory (created when the run completes)."),
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
     patch: Path = typer.Option(None, "--patch", help="WeightPatch directory applied first; defines 'edited'."),
-    method: str = typer.Option("lora", "--method", help="full, lora or dora."),
-    layers: str = typer.Option("all", "--layers", help="all, edited, non_edited, or block indices (4,5,6 / 4-8)."),
-    targets: str = typer.Option("q,k,v,up,down", "--targets", help="Short module names or block-relative paths."),
+    method: str = typer.Option(SPEC_DEFAULTS["method"], "--method", help=f"{', '.join(FINETUNE_METHODS)}."),
+    layers: str = typer.Option(SPEC_DEFAULTS["layers"], "--layers",
+                               help=f"{', '.join(LAYER_POLICIES)}, or block indices (4,5,6 / 4-8)."),
+    targets: str = typer.Option(",".join(SPEC_DEFAULTS["targets"]), "--targets",
+                                help="Short module names or block-relative paths."),
     corpus: str = typer.Option("builtin", "--corpus", help="builtin, a JSON/JSONL file, or a directory of them."),
     corpus_format: str = typer.Option("auto", "--corpus-format", help="auto, alpaca, hotpotqa or prompt-response."),
     max_examples: int = typer.Option(None, "--max-examples", help="Seeded random subset of the corpus."),
     corpus_seed: int = typer.Option(0, "--corpus-seed", help="Seed of the --max-examples subset."),
-    r: int = typer.Option(_DEFAULTS["r"], "--r", help="LoRA/DoRA rank."),
-    alpha: float = typer.Option(_DEFAULTS["alpha"], "--alpha", help="LoRA/DoRA alpha."),
-    dropout: float = typer.Option(_DEFAULTS["dropout"], "--dropout", help="LoRA/DoRA dropout."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (default: LoRA/DoRA 2e-4, full 2e-5)."),
-    epochs: int = typer.Option(_DEFAULTS["epochs"], "--epochs"),
-    batch_size: int = typer.Option(_DEFAULTS["batch_size"], "--batch-size", help="Micro-batch size."),
-    grad_accum: int = typer.Option(_DEFAULTS["grad_accum"], "--grad-accum", help="Micro-batches per step."),
-    warmup_steps: int = typer.Option(_DEFAULTS["warmup_steps"], "--warmup-steps"),
-    warmup_ratio: float = typer.Option(_DEFAULTS["warmup_ratio"], "--warmup-ratio"),
-    weight_decay: float = typer.Option(_DEFAULTS["weight_decay"], "--weight-decay"),
-    seed: int = typer.Option(_DEFAULTS["seed"], "--seed"),
-    cutoff_len: int = typer.Option(_DEFAULTS["cutoff_len"], "--cutoff-len", help="Tokens kept per example."),
-    train_on_inputs: bool = typer.Option(_DEFAULTS["train_on_inputs"], "--train-on-inputs/--no-train-on-inputs",
+    r: int = typer.Option(SPEC_DEFAULTS["r"], "--r", help="LoRA/DoRA rank."),
+    alpha: float = typer.Option(SPEC_DEFAULTS["alpha"], "--alpha", help="LoRA/DoRA alpha."),
+    dropout: float = typer.Option(SPEC_DEFAULTS["dropout"], "--dropout", help="LoRA/DoRA dropout."),
+    lr: float = typer.Option(SPEC_DEFAULTS["lr"], "--lr", help="Learning rate (default: the method's, "
+                             + ", ".join(f"{m.name} {m.default_lr:g}" for m in FINETUNE_METHODS.values()) + ")."),
+    epochs: int = typer.Option(SPEC_DEFAULTS["epochs"], "--epochs"),
+    batch_size: int = typer.Option(SPEC_DEFAULTS["batch_size"], "--batch-size", help="Micro-batch size."),
+    grad_accum: int = typer.Option(SPEC_DEFAULTS["grad_accum"], "--grad-accum", help="Micro-batches per step."),
+    warmup_steps: int = typer.Option(SPEC_DEFAULTS["warmup_steps"], "--warmup-steps"),
+    warmup_ratio: float = typer.Option(SPEC_DEFAULTS["warmup_ratio"], "--warmup-ratio"),
+    weight_decay: float = typer.Option(SPEC_DEFAULTS["weight_decay"], "--weight-decay"),
+    max_grad_norm: float = typer.Option(SPEC_DEFAULTS["max_grad_norm"], "--max-grad-norm",
+                                        help="Clip the gradient norm to this (0: no clipping)."),
+    seed: int = typer.Option(SPEC_DEFAULTS["seed"], "--seed"),
+    cutoff_len: int = typer.Option(SPEC_DEFAULTS["cutoff_len"], "--cutoff-len", help="Tokens kept per example."),
+    train_on_inputs: bool = typer.Option(SPEC_DEFAULTS["train_on_inputs"], "--train-on-inputs/--no-train-on-inputs",
                                          help="Take the loss on prompt tokens too."),
-    dtype: str = typer.Option(_DEFAULTS["compute_dtype"], "--dtype",
-                              help="Compute dtype: auto (bfloat16 where a probe measures it faster), bfloat16 or "
-                              "float32."),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    val_fraction: float = typer.Option(None, "--val-fraction", help="Hold out this fraction for a validation loss."),
+    group_by_length: bool = typer.Option(SPEC_DEFAULTS["group_by_length"], "--group-by-length/--no-group-by-length",
+                                         help="Batch examples of similar length together."),
+    dtype: str = typer.Option(SPEC_DEFAULTS["compute_dtype"], "--dtype",
+                              help=f"Compute dtype: {', '.join(COMPUTE_DTYPES)} (auto: bfloat16 where a probe "
+                              "measures it faster)."),
+    max_steps: int = typer.Option(SPEC_DEFAULTS["max_steps"], "--max-steps",
+                                  help="Stop after this many optimizer steps."),
+    val_fraction: float = typer.Option(SPEC_DEFAULTS["val_fraction"], "--val-fraction",
+                                       help="Hold out this fraction for a validation loss."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between checkpoints."),
 ) -> None:
     """Fine-tune a model (optionally with a WeightPatch applied) and save an adapter or weight delta."""
@@ -68,8 +74,9 @@ def finetune_command(
         spec = FinetuneSpec(
             method=method, layers=parse_layers(layers), targets=target_names,
             r=r, alpha=alpha, dropout=dropout, lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-            warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
-            cutoff_len=cutoff_len, train_on_inputs=train_on_inputs, compute_dtype=dtype,  # type: ignore[arg-type]
+            warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm or None, seed=seed, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
+            group_by_length=group_by_length, compute_dtype=dtype,  # type: ignore[arg-type]
             max_steps=max_steps, val_fraction=val_fraction,
         )
     except ValueError as err:

@@ -9,6 +9,7 @@ import typer
 
 from editdecay.cli.app import app
 from editdecay.config import ConfigError, load_experiment, load_grid
+from editdecay.experiments.executors import EXECUTORS
 
 STORE_OPTION = typer.Option(Path("artifacts"), "--store", help="Artifact store (statistics, patches, fine-tunes).")
 RUNS_OPTION = typer.Option(Path("runs"), "--runs", help="Where run directories are written.")
@@ -39,7 +40,7 @@ def run_command(config: Path = typer.Argument(..., help="Experiment YAML file.")
 @app.command("grid")
 def grid_command(config: Path = typer.Argument(..., help="Grid YAML file (base + lists of values)."),
                  store: Path = STORE_OPTION, runs: Path = RUNS_OPTION, overrides: list[str] = SET_OPTION,
-                 executor: str = typer.Option("local", help="local | ray"),
+                 executor: str = typer.Option("local", help=" | ".join(EXECUTORS)),
                  address: str = typer.Option(None, help="Ray cluster address (auto, ray://host:10001)."),
                  dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
                  ) -> None:
@@ -50,6 +51,8 @@ def grid_command(config: Path = typer.Argument(..., help="Grid YAML file (base +
         configs = expand_grid(load_grid(config, overrides or []))
     except ConfigError as err:
         raise _fail(err) from None
+    if executor not in EXECUTORS:
+        raise _fail(ValueError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}"))
     for line in plan_grid(configs, ArtifactStore(store), runs).lines():
         typer.echo(line)
     if dry_run:
@@ -86,7 +89,10 @@ def demo_command(out: Path = typer.Option(Path("demo-out"), "--out", help="Store
 
     preset = Path(__file__).resolve().parents[1] / "presets" / ("demo-quick.yaml" if quick else "demo.yaml")
     start = time.perf_counter()
-    configs = expand_grid(load_grid(preset, overrides or []))
+    try:
+        configs = expand_grid(load_grid(preset, overrides or []))
+    except ConfigError as err:
+        raise _fail(err) from None
     store, runs = out / "artifacts", out / "runs"
     for line in plan_grid(configs, ArtifactStore(store), runs).lines():
         typer.echo(line)

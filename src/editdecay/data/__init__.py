@@ -3,7 +3,16 @@
 from editdecay.data.corpus import CORPUS_FORMATS, InstructionExample, corpus_id, format_prompt, load_corpus
 from editdecay.data.edit_requests import BUILTIN_SUITES, load_edit_requests, read_json_records
 from editdecay.data.records import DataFormatError, EditRequest, LocalityPrompt, template_from_prompt
-from editdecay.data.tasks import BUILTIN_TASK, STUDY_TASKS, TASKS, TaskItem, TaskSpec, load_task, task_available
+from editdecay.data.tasks import (
+    BUILTIN_TASK,
+    STUDY_TASKS,
+    TASKS,
+    TaskItem,
+    TaskSpec,
+    load_task,
+    register_task,
+    task_available,
+)
 
 __all__ = [
     "BUILTIN_SUITES",
@@ -23,6 +32,7 @@ __all__ = [
     "load_edit_requests",
     "load_task",
     "read_json_records",
+    "register_task",
     "task_available",
     "template_from_prompt",
 ]

@@ -38,7 +38,7 @@ class InstructionExample:
 
 
 def format_prompt(example: InstructionExample, with_response: bool) -> str:
-    """The Alpaca prompt (ALGORITHMS §5); without the response it ends right after '### Response:\\n'."""
+    """The Alpaca prompt (docs/algorithms.md §5); without the response it ends right after '### Response:\\n'."""
     if example.input:
         text = (f"{_PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{example.instruction}\n\n"
                 f"### Input:\n{example.input}\n\n### Response:\n")

@@ -33,7 +33,7 @@ class EditRequest:
     """One requested edit: make `template.format(subject)` complete with `target_new`.
 
     `target_true` is the fact being overwritten (None for zsRE in the MEMIT protocol, which edits in the
-    gold answer). `metric_family` chooses how edit success is scored (ALGORITHMS §3).
+    gold answer). `metric_family` chooses how edit success is scored (docs/algorithms.md §3).
     """
 
     case_id: str

@@ -1,4 +1,4 @@
-"""Downstream commonsense tasks in the LLM-Adapters format (ALGORITHMS §6), plus a small built-in set.
+"""Downstream commonsense tasks in the LLM-Adapters format (docs/algorithms.md §6), plus a small built-in set.
 
 Each file is `<data_dir>/<task>/test.json`: a list of {instruction, input, output, answer}. The instruction
 holds the question, the numbered options ("Answer1: ...", "Solution1: ...", ...) and an
@@ -62,6 +62,16 @@ TASKS: dict[str, TaskSpec] = {
                  None),
     )
 }
+
+
+
+def register_task(spec: TaskSpec) -> None:
+    """Add (or replace) a downstream task in the LLM-Adapters format under `spec.name`."""
+    if not spec.vocabulary or spec.cloze_style not in ("cloze", "continuation", "blank"):
+        raise ValueError(f"Task {spec.name!r}: needs an answer vocabulary and a cloze style of cloze, continuation "
+                         "or blank.")
+    TASKS[spec.name] = spec
+
 
 # The study's eight tasks, in the order of its tables.
 STUDY_TASKS = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa")

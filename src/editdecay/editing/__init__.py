@@ -6,14 +6,13 @@ from editdecay.editing.editor import LocateEditor
 from editdecay.editing.hparams import PRESETS, AlphaEditHyperParams, MemitHyperParams
 from editdecay.editing.memit import MemitEditor
 from editdecay.editing.patch import PatchMismatchError, WeightPatch
-from editdecay.editing.registry import EDITORS, build_editor
+from editdecay.editing.protocol import EditContext, Editor
+from editdecay.editing.registry import EDITORS, EditorEntry, build_editor, register_editor
 from editdecay.editing.solve import SolveError, alphaedit_delta, memit_delta, nullspace_projector
 from editdecay.editing.stats import LayerStats, StatisticError, StatsStore, collect_stats
 from editdecay.editing.subject import EditInputError
 from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.targets import TargetOptimisationError
-
-Editor = LocateEditor
 
 __all__ = [
     "EDITORS",
@@ -22,8 +21,10 @@ __all__ = [
     "AlphaEditEditor",
     "AlphaEditHyperParams",
     "AlphaEditState",
+    "EditContext",
     "EditInputError",
     "Editor",
+    "EditorEntry",
     "LayerStats",
     "LocateEditor",
     "MemitEditor",
@@ -42,4 +43,5 @@ __all__ = [
     "memit_delta",
     "nullspace_projector",
     "open_corpus",
+    "register_editor",
 ]

@@ -1,4 +1,4 @@
-"""AlphaEdit (Fang et al., ICLR 2025): null-space constrained updates, sequential batches (ALGORITHMS §2).
+"""AlphaEdit (Fang et al., ICLR 2025): null-space constrained updates, sequential batches (docs/algorithms.md §2).
 
 Delta_l^T = (P_l (K K^T + C_p,l) + L2 I)^-1 P_l K R^T, with P_l the projector onto the eigen-directions
 of C_l that hold (almost) no energy, and C_p,l the sum of K K^T over the keys of all earlier batches,
@@ -21,8 +21,8 @@ from editdecay.data import EditRequest
 from editdecay.editing.editor import EditRun, LocateEditor
 from editdecay.editing.hparams import AlphaEditHyperParams
 from editdecay.editing.patch import WeightPatch
+from editdecay.editing.protocol import EditContext
 from editdecay.editing.solve import Projector, alphaedit_delta, nullspace_projector
-from editdecay.editing.stats import StatsStore
 from editdecay.storage import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,11 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
     name = "alphaedit"
     hparams_class = AlphaEditHyperParams
 
-    def edit_sequential(
-        self,
-        model: nn.Module,
-        tokenizer,
-        requests: Sequence[EditRequest],
-        *,
-        stats: StatsStore,
-        state: AlphaEditState | None = None,
-        seed: int = 0,
-        fingerprint: str | None = None,
-        in_place: bool = False,
-    ) -> tuple[WeightPatch, AlphaEditState]:
+    def edit_sequential(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
+                        context: EditContext | None = None, *, state: AlphaEditState | None = None,
+                        in_place: bool = False) -> tuple[WeightPatch, AlphaEditState]:
         """Like `edit`, continuing from (and returning) the key cache of earlier batches."""
-        return self._edit(model, tokenizer, requests, stats=stats, seed=seed, fingerprint=fingerprint,
-                          in_place=in_place, state=state)
+        return self._edit(model, tokenizer, requests, context or EditContext(), in_place=in_place, state=state)
 
     def _prepare(self, hp: AlphaEditHyperParams, run: EditRun) -> dict[int, Projector]:
         if not run.stats:
@@ -114,7 +104,7 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
 
     def _after_batch(self, edited_keys: dict[int, torch.Tensor], n_requests: int,
                      state: AlphaEditState) -> AlphaEditState:
-        # The batch's keys on the edited model join the preserved set (ALGORITHMS §2, sequential memory).
+        # The batch's keys on the edited model join the preserved set (docs/algorithms.md §2, sequential memory).
         for layer, keys in edited_keys.items():
             k = keys.double()
             product = k.T @ k

@@ -1,4 +1,4 @@
-"""Context templates for target optimisation and keys (ALGORITHMS §1.1): "{}" plus sampled prefixes.
+"""Context templates for target optimisation and keys (docs/algorithms.md §1.1): "{}" plus sampled prefixes.
 
 The reference samples prefixes without a seed; we sample with a fixed seed and store the templates in
 every patch manifest, so a run can be reproduced and audited.

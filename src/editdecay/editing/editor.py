@@ -1,6 +1,6 @@
 """The shared driver of locate-then-edit editors (MEMIT, AlphaEdit): statistics, context templates,
 target values, then per layer (ascending) keys on the current model, residual spread and a closed-form
-update (ALGORITHMS §1-2). Subclasses supply the update rule.
+update (docs/algorithms.md §1-2). Subclasses supply the update rule.
 
 The caller's model is edited in place while `edit` runs and restored bit for bit afterwards (unless
 `in_place=True`), and on any exception, so the weights are never left half-edited.
@@ -34,11 +34,12 @@ from editdecay.editing.hparams import (
 from editdecay.editing.keys import BlockInputs, compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
+from editdecay.editing.protocol import EditContext
 from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
 from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.targets import TargetResult, compute_targets
-from editdecay.models import DtypeResolver, ModelShape, arch_for, model_fingerprint
+from editdecay.models import DtypeResolver, ModelShape, arch_for, default_cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,10 @@ class LocateEditor(ABC, Generic[HP]):
             self.overrides = dict(hparams or {})
             self.source = "overrides"
         if preset is not None:
-            preset_values(preset, alphaedit=self._alphaedit)  # fail early on an unknown name
+            preset_values(preset)  # fail early on an unknown name
         self.preset = preset
         # Validate the overrides on their own now, so a typo fails before any model work.
         self.hparams_class.from_dict(self.overrides, source=self.source)
-
-    @property
-    def _alphaedit(self) -> bool:
-        return self.name == "alphaedit"
 
     def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> HP:
         """Defaults < preset (named, or recognised from the model) < overrides; checked against the model, with
@@ -96,7 +93,7 @@ class LocateEditor(ABC, Generic[HP]):
         shape = ModelShape.of(model)
         preset = self.preset or preset_for_model(shape)
         if preset is not None:
-            base = preset_values(preset, alphaedit=self._alphaedit)
+            base = preset_values(preset)
         else:
             base = fallback_hparams(shape)
             log.warning("No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
@@ -110,27 +107,14 @@ class LocateEditor(ABC, Generic[HP]):
             device = str(next(model.parameters()).device)
         return hp.with_resolved_dtype(self.dtypes, device, shape, model_dtype)  # type: ignore[return-value]
 
-    def edit(
-        self,
-        model: nn.Module,
-        tokenizer,
-        requests: Sequence[EditRequest],
-        *,
-        stats: StatsStore,
-        seed: int = 0,
-        fingerprint: str | None = None,
-        in_place: bool = False,
-        targets: TargetStore | None = None,
-    ) -> WeightPatch:
-        """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place).
-        `targets`: a cache of target values to share with other editors on the same model and requests."""
-        patch, _ = self._edit(model, tokenizer, requests, stats=stats, seed=seed, fingerprint=fingerprint,
-                              in_place=in_place, state=None, targets=targets)
+    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], context: EditContext | None = None,
+             *, in_place: bool = False) -> WeightPatch:
+        """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place)."""
+        patch, _ = self._edit(model, tokenizer, requests, context or EditContext(), in_place=in_place, state=None)
         return patch
 
-    def _edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, stats: StatsStore,
-              seed: int, fingerprint: str | None, in_place: bool, state: Any,
-              targets: TargetStore | None = None) -> tuple[WeightPatch, Any]:
+    def _edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], context: EditContext, *,
+              in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
         requests = list(requests)
         if not requests:
             raise EditInputError("No edit requests given.")
@@ -139,8 +123,10 @@ class LocateEditor(ABC, Generic[HP]):
         hp = self.resolved_hparams(model)
         was_training = model.training
         model.eval()  # dropout would make statistics, contexts and target values random
+        stats = context.stats or StatsStore(default_cache_dir() / "stats")
         try:
-            return self._run(model, tokenizer, requests, hp, stats, seed, fingerprint, in_place, state, targets)
+            return self._run(model, tokenizer, requests, hp, stats, context.seed, context.fingerprint, in_place,
+                             state, context.targets)
         finally:
             model.train(was_training)
 

@@ -2,8 +2,8 @@
 
 Resolution order for a model: field defaults < preset (named, or recognised from the model's shape) <
 user overrides (a dict or an hparams file). Presets for GPT-2 XL, GPT-J, Llama-2-7B and Llama-3-8B carry
-the published values (ALGORITHMS §1); those for SmolLM2-135M and Gemma-3-270M were chosen by measurement
-(see `PRESET_NOTES`).
+the published values (docs/algorithms.md §1); those for SmolLM2-135M and Gemma-3-270M were chosen by measurement
+(docs/presets.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from editdecay.editing.targets import TargetSettings
 from editdecay.models import AUTO, DtypeResolver, ModelShape, check_layers, default_edit_layers
-from editdecay.models.arch import known_model
+from editdecay.models.arch import known_model, known_model_named
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ HP = TypeVar("HP", bound="MemitHyperParams")
 
 @dataclass
 class MemitHyperParams:
-    """MEMIT hyperparameters (ALGORITHMS §1). Extensions beyond the published keys are marked."""
+    """MEMIT hyperparameters (docs/algorithms.md §1). Extensions beyond the published keys are marked."""
 
     layers: list[int] = field(default_factory=list)  # empty: resolved from the model
     layer_selection: str = "all"
@@ -89,6 +89,13 @@ class MemitHyperParams:
         hp = cls(**values, ignored={**data.get("ignored", {}), **unknown})
         hp.check()
         return hp
+
+    @classmethod
+    def unknown_keys(cls, data: dict[str, Any]) -> list[str]:
+        """Keys of `data` that `from_dict` would only warn about: neither fields nor the harness keys of
+        published hparams files. Strict callers (experiment configs, `edit --set`) treat them as errors."""
+        known = {f.name for f in fields(cls)} - {"ignored"}
+        return sorted(k for k in data if k not in known and k not in _HARNESS_KEYS)
 
     @classmethod
     def from_file(cls: type[HP], path: str | Path) -> HP:
@@ -166,7 +173,7 @@ class MemitHyperParams:
 
 @dataclass
 class AlphaEditHyperParams(MemitHyperParams):
-    """AlphaEdit hyperparameters (ALGORITHMS §2): MEMIT's plus the null-space projector and ridge."""
+    """AlphaEdit hyperparameters (docs/algorithms.md §2): MEMIT's plus the null-space projector and ridge."""
 
     nullspace_threshold: float = 2e-2  # keep eigen-directions of C with eigenvalue below this (absolute)
     # --- editdecay extensions ---
@@ -223,16 +230,16 @@ def _int_list(value: Any, source: str) -> list[int]:
     return list(items)
 
 
-# Published values (ALGORITHMS §1): n_steps / v_lr / weight decay / clamp / kl / lambda.
+# Published values (docs/algorithms.md §1): n_steps / v_lr / weight decay / clamp / kl / lambda.
 _PUBLISHED: dict[str, dict[str, Any]] = {
-    "gpt2-xl": {"layers": [13, 14, 15, 16, 17], "v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5,
+    "gpt2-xl": {"v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5,
                 "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 20000.0},
-    "gpt-j-6b": {"layers": [3, 4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5,
+    "gpt-j-6b": {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5,
                  "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
     # One public Llama-2 config uses mom2_update_weight = 1; 15000 is the standard setting.
-    "llama-2-7b": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
+    "llama-2-7b": {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
                    "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
-    "llama-3-8b": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 25, "v_lr": 0.1, "v_weight_decay": 0.5,
+    "llama-3-8b": {"v_num_grad_steps": 25, "v_lr": 0.1, "v_weight_decay": 0.5,
                    "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
 }
 for _published in _PUBLISHED.values():
@@ -240,42 +247,19 @@ for _published in _PUBLISHED.values():
     _published.update({"mom2_dataset": "wikipedia", "mom2_n_samples": 100_000, "mom2_dtype": "float32",
                        "mom2_n_tokens": 10_000_000, "mom2_max_length": 1024})
 
-# Built-in models: chosen by measurement on this project's CPU (bench/edit_speed.py, PRESET_NOTES).
+# Built-in models: chosen by measurement (bench/edit_speed.py); the measurements are in docs/presets.md.
 _MEASURED: dict[str, dict[str, Any]] = {
-    "smollm2-135m": {"layers": [4, 5, 6, 7, 8], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
+    "smollm2-135m": {"v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
                      "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
-    "gemma3-270m": {"layers": [3, 4, 5, 6, 7], "v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
+    "gemma3-270m": {"v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 500.0,
                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
 }
 
+# A preset holds the settings MEMIT and AlphaEdit share; AlphaEdit's own (threshold 2e-2, L2 10, sequential
+# batches of 100: the published values for every model) are its hparams class's defaults.
 PRESETS: dict[str, dict[str, Any]] = {**_PUBLISHED, **_MEASURED}
-PRESET_NOTES: dict[str, str] = {
-    **{name: "published (MEMIT / AlphaEdit papers)" for name in _PUBLISHED},
-    # ES/PS/NS in percent (probability comparison) on the first 50 records of CounterFact
-    # (counterfact-edit.json), statistics on the Wikipedia dump unless noted; unedited 30/34/70.
-    "smollm2-135m": (
-        "measured (first 50 CounterFact records). lambda: 15000 -> 70/62/68, only 29% of the wanted change "
-        "carried (under-edits, as the reference does); 5000 -> 92/82/66; 1500 -> 100/90/72 (86% carried); "
-        "500 -> 100/92/72. Steps @ v_lr: 25 @ 0.5 -> 100/90/72; 10 @ 0.5 -> 92/76/68; 12 @ 1.0 -> 98/88/72 at "
-        "2.3x less target-optimisation time; 10 @ 2.0 -> 98/92/66. Statistic tokens: 2k -> NS 60; 5k -> "
-        "100/88/74; 20k -> 100/90/72; model-sampled 10k -> 98/88/66. AlphaEdit (threshold 2e-2 keeps "
-        "997-1158 of 1536 directions): 98/88/66; the relative rule at 1% energy under-edits (64/56/70). "
-        "Target steps in bfloat16 (v_dtype auto on an AVX512-BF16 CPU; a bfloat16 copy of the model; z_init, "
-        "delta, Adam, log-softmax float32), "
-        "first 100 records, model-sampled statistic: MEMIT 99/91/63 (float32 100/91/63), AlphaEdit 99/91/64 "
-        "(float32 99/91/62); target optimisation 1.5x (1 thread) to 2.1x (2 threads) faster, z 4.6% apart."
-    ),
-    "gemma3-270m": (
-        "measured (first 30 CounterFact records, Wikipedia statistic 10k tokens, 12 steps @ 1.0): "
-        "lambda 2000 -> 90/70/70, 500 -> 90/87/70; AlphaEdit 87/70/73. Gemma 3 norms the MLP output before "
-        "the residual add (editing/outnorm.py linearises it); the last edit layer still misses much of "
-        "the wanted change, so treat Gemma 3 editing as experimental."
-    ),
-}
-# AlphaEdit adds these to every preset (published: threshold 2e-2, L2 10, sequential batches of 100).
-ALPHAEDIT_EXTRA: dict[str, dict[str, Any]] = {name: {"nullspace_threshold": 2e-2, "L2": 10.0} for name in PRESETS}
 
 
 def fallback_hparams(model: nn.Module | ModelShape) -> dict[str, Any]:
@@ -289,19 +273,13 @@ def fallback_hparams(model: nn.Module | ModelShape) -> dict[str, Any]:
 
 def preset_for_model(model: nn.Module | ModelShape) -> str | None:
     """The preset name of a recognised model shape (KNOWN_MODELS), or None."""
-    shape = ModelShape.of(model)
-    known = known_model(shape)
-    if known is None:
-        return None
-    if known.label == "llama-2-7b / llama-3-8b":
-        return "llama-3-8b" if shape.vocab_size >= 128_000 else "llama-2-7b"
-    return known.label if known.label in PRESETS else None
+    known = known_model(ModelShape.of(model))
+    return known.label if known is not None and known.label in PRESETS else None
 
 
-def preset_values(name: str, *, alphaedit: bool) -> dict[str, Any]:
-    if name not in PRESETS:
+def preset_values(name: str) -> dict[str, Any]:
+    """A preset's settings, with the edit layers of its model (KNOWN_MODELS: the one record of them)."""
+    known = known_model_named(name)
+    if name not in PRESETS or known is None:
         raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    values = dict(PRESETS[name])
-    if alphaedit:
-        values.update(ALPHAEDIT_EXTRA[name])
-    return values
+    return {**PRESETS[name], "layers": list(known.edit_layers)}

@@ -1,5 +1,5 @@
 """Keys k (inputs of the MLP output projection at the subject's last token) and current block-L_z
-outputs, read from the model as it is now (ALGORITHMS §1.4-1.5)."""
+outputs, read from the model as it is now (docs/algorithms.md §1.4-1.5)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def compute_keys(
     embedding; `keep_inputs_of` (a block >= 1) returns that block's inputs for a later call.
 
     Keys are grouped like the reference: the bare "{}" context is one group, the sampled prefixes another;
-    each group is averaged, then the two group means (ALGORITHMS §1.4).
+    each group is averaged, then the two group means (docs/algorithms.md §1.4).
     """
     arch = arch_for(model)
     device = next(model.parameters()).device

@@ -1,4 +1,4 @@
-"""MEMIT (Meng et al., ICLR 2023): Delta_l = R K^T (lambda C_l + K K^T)^-1 (ALGORITHMS §1)."""
+"""MEMIT (Meng et al., ICLR 2023): Delta_l = R K^T (lambda C_l + K K^T)^-1 (docs/algorithms.md §1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MLP outputs that pass through a norm before joining the residual stream (Gemma 2 / Gemma 3).
 
-MEMIT assumes W's output adds to the residual stream directly (ALGORITHMS §0). When the block applies
+MEMIT assumes W's output adds to the residual stream directly (docs/algorithms.md §0). When the block applies
 an RMS norm N(x) = g * x / rms(x) to the MLP output first, a wanted residual change r at the subject
 token is turned into a wanted change of the output projection's output by linearising N at the current
 output x:  dx = rms(x) * (I - x x^T / |x|^2) (r / g)  (N is blind to changes along x; 1/g is damped where
@@ -13,19 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from editdecay.models import block
-
-# Block attributes of norms applied to the MLP output before the residual add.
-POST_MLP_NORMS = ("post_feedforward_layernorm",)
+from editdecay.models import arch_for, block
 
 
 def post_mlp_norm(model: nn.Module, layer: int) -> nn.Module | None:
-    found = block(model, layer)
-    for name in POST_MLP_NORMS:
-        module = getattr(found, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
+    """The norm between block `layer`'s MLP output and the residual add, where the family has one (ArchSpec)."""
+    path = arch_for(model).post_mlp_norm
+    return None if path is None else block(model, layer).get_submodule(path)
 
 
 def preimage_change(norm: nn.Module, outputs: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Closed-form updates of MEMIT (ALGORITHMS §1.5) and AlphaEdit (§2), as pure functions.
+"""Closed-form updates of MEMIT (docs/algorithms.md §1.5) and AlphaEdit (§2), as pure functions.
 
 Shapes: R (d, n) residuals, K (m, n) keys, C (m, m) second moment; the update Delta is (d, m) and acts
 as W <- W + Delta on W (d_out x d_in).
@@ -48,7 +48,7 @@ class Projector:
 
 def nullspace_projector(C: torch.Tensor, *, threshold: float = 2e-2, energy: float | None = None,
                         layer: int | None = None) -> Projector:
-    """Projector onto the directions C barely uses (ALGORITHMS §2).
+    """Projector onto the directions C barely uses (docs/algorithms.md §2).
 
     Absolute rule (published): keep eigenvectors whose eigenvalue < `threshold`. Relative rule (when
     `energy` is given): keep the smallest-eigenvalue directions that together hold at most `energy` of

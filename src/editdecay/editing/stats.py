@@ -1,4 +1,4 @@
-"""Second-moment statistics C_l = E[k k^T] at the MLP output projection input (ALGORITHMS §1.6).
+"""Second-moment statistics C_l = E[k k^T] at the MLP output projection input (docs/algorithms.md §1.6).
 
 All requested layers are collected in ONE forward pass over the corpus (a hook on each layer's output
 projection, the forward stopped after the last one). `StatsStore` caches each layer's statistic on disk,

@@ -36,7 +36,7 @@ def check_request(request: EditRequest) -> None:
 
 
 def target_text(target: str) -> str:
-    """Targets are tokenised with a leading space (ALGORITHMS §1, §8)."""
+    """Targets are tokenised with a leading space (docs/algorithms.md §1, §8)."""
     return target if target.startswith(" ") else " " + target
 
 
@@ -91,7 +91,7 @@ def prompt_tokens(tokenizer, context: str, request: EditRequest) -> PromptTokens
 
 
 def essence_tokens(tokenizer, request: EditRequest) -> PromptTokens:
-    """The KL prompt "{subject} is a" (ALGORITHMS §1.3)."""
+    """The KL prompt "{subject} is a" (docs/algorithms.md §1.3)."""
     ids, index = subject_last_index(tokenizer, "", request.subject, " is a")
     return PromptTokens(ids, index)
 

@@ -1,4 +1,4 @@
-"""Disk cache of optimised target values z (ALGORITHMS §1.3), so MEMIT and AlphaEdit share them.
+"""Disk cache of optimised target values z (docs/algorithms.md §1.3), so MEMIT and AlphaEdit share them.
 
 The target optimisation only reads the model, the requests, the context templates and the target settings;
 MEMIT and AlphaEdit run the same optimisation on the same unedited model, so a grid over both editors needs

@@ -1,4 +1,4 @@
-"""Target values z (ALGORITHMS §1.3), optimised for a whole batch of requests at once.
+"""Target values z (docs/algorithms.md §1.3), optimised for a whole batch of requests at once.
 
 Each request r owns one free vector δ_r added to the output of block L_z at the subject's last token of
 its rewriting prompts (every context + prompt + target tokens but the last) and of its essence prompt
@@ -207,7 +207,7 @@ def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]
 
 
 def _choose_mode(model: nn.Module, batch: _Batch, mode: Mode) -> str:
-    window = getattr(model.config, "sliding_window", None)
+    window = arch_for(model).sliding_window(model.config)
     layer_types = getattr(model.config, "layer_types", None) or []
     sliding = window is not None and (not layer_types or "sliding_attention" in layer_types)
     # Past + new tokens never exceed twice the longest sequence.
@@ -407,7 +407,7 @@ def _logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
     """Logits (float32 or better) of final-normed hidden states (final soft-capping included)."""
     logits = unembedding(model)(normed)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = arch_for(model).logit_softcap(model.config)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -1,4 +1,4 @@
-"""Per-layer activation drift and directional similarity between model groups (ALGORITHMS §7, study Eq. 2-6).
+"""Per-layer activation drift and directional similarity between model groups (docs/algorithms.md §7, study Eq. 2-6).
 
 h_l(x) is the output of block l (the residual stream after it) at one token of prompt x: the last prompt
 token, or the last token of the subject. For each layer, over prompts X:

@@ -64,7 +64,7 @@ def special_prefix(tokenizer) -> Ids:
 
 
 def continuation_text(target: str) -> str:
-    """Targets are scored with a leading space (ALGORITHMS §1, §8)."""
+    """Targets are scored with a leading space (docs/algorithms.md §1, §8)."""
     return target if target.startswith(" ") else " " + target
 
 

@@ -1,4 +1,4 @@
-"""Decay metrics across the model groups M, Med, Mft, Med_ft (ALGORITHMS §4).
+"""Decay metrics across the model groups M, Med, Mft, Med_ft (docs/algorithms.md §4).
 
 Inputs are `edit_metrics` tables (one row per edit) keyed by group. ES / PS / NS are in percent; ratios
 (EFR, reverse flip ratio, decrease rate, forget ratio) are fractions in [0, 1] with their counts beside

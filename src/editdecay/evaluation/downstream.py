@@ -1,4 +1,4 @@
-"""Downstream accuracy on the commonsense tasks (ALGORITHMS §6).
+"""Downstream accuracy on the commonsense tasks (docs/algorithms.md §6).
 
 Two modes:
 - `generate` (the study's): Alpaca prompt, up to 32 new tokens (batched greedy, or beam search with

@@ -1,4 +1,4 @@
-"""Per-edit metrics from a `score_edits` table, and their summary (ALGORITHMS §3).
+"""Per-edit metrics from a `score_edits` table, and their summary (docs/algorithms.md §3).
 
 Every variant keeps its own name: the probability-comparison "success" metrics (es / ps / ns), the
 "magnitude" variants (probability differences), the strict "accuracy" variants (greedy output equals every
@@ -60,7 +60,7 @@ _PREFIX = {"rewrite": "es", "paraphrase": "ps", "neighborhood": "ns"}
 
 
 def success_flags(table: pd.DataFrame) -> pd.Series:
-    """Each row's success under its family's rule (ALGORITHMS §3).
+    """Each row's success under its family's rule (docs/algorithms.md §3).
 
     CounterFact: 1.0 if nll(target_new) < nll(target_true) on rewrite / paraphrase prompts, 1.0 if
     nll(true answer) < nll(target_new) on neighborhood prompts, else 0.0 (a tie is a failure).

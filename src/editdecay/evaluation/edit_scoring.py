@@ -1,4 +1,4 @@
-"""Score edit requests on one model: one row per edit x prompt kind x prompt (ALGORITHMS §3).
+"""Score edit requests on one model: one row per edit x prompt kind x prompt (docs/algorithms.md §3).
 
 Every (prompt, target) pair of every request goes through one batched teacher-forced pass; greedy
 continuations reuse those argmax tokens and generate only what is missing.
@@ -64,7 +64,7 @@ def score_edits(
     Columns: case_id, kind, prompt_index, prompt, metric_family, target_new, target_true, nll_new, nll_true
     (mean per-token NLL), prob_new, prob_true (exp(-nll)), token_acc_new/true (teacher-forced token accuracy),
     exact_new/true (every target token is the greedy prediction), n_tokens_new/true, greedy (greedy
-    continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, ALGORITHMS §3),
+    continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, docs/algorithms.md §3),
     and the token ids (target_*_ids, argmax_*_ids, greedy_ids) that `neighborhood_agreement` compares.
     Results do not depend on the tokenizer's padding side (batching pads explicitly).
     """

@@ -1,8 +1,16 @@
 """Experiments: the four model groups of one configuration, grids, the artifact store, executors."""
 
-from editdecay.experiments.executors import EXECUTORS, Executor, LocalExecutor, RayExecutor, make_executor
+from editdecay.evaluation import GROUPS
+from editdecay.experiments.executors import (
+    EXECUTORS,
+    Executor,
+    LocalExecutor,
+    RayExecutor,
+    make_executor,
+    register_executor,
+)
 from editdecay.experiments.grid import GridPlan, expand_grid, plan_grid
-from editdecay.experiments.resolve import GROUPS, ResolvedExperiment, resolve_experiment, stage_keys
+from editdecay.experiments.resolve import ResolvedExperiment, resolve_experiment, stage_keys
 from editdecay.experiments.runner import RunResult, run_experiment
 from editdecay.experiments.store import ArtifactStore
 
@@ -19,6 +27,7 @@ __all__ = [
     "expand_grid",
     "make_executor",
     "plan_grid",
+    "register_executor",
     "resolve_experiment",
     "run_experiment",
     "stage_keys",

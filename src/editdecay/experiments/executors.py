@@ -103,7 +103,17 @@ def _chains(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:
     return list(chains.values())
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+EXECUTORS: dict[str, Callable[..., Executor]] = {}
+
+
+def register_executor(name: str, factory: Callable[..., Executor]) -> None:
+    """Add (or replace) an executor: `factory(**options)` returns an object whose `run(configs, store_root,
+    runs_root)` runs every configuration (idempotently: a complete run directory is skipped)."""
+    EXECUTORS[name] = factory
+
+
+register_executor(LocalExecutor.name, LocalExecutor)
+register_executor(RayExecutor.name, RayExecutor)
 
 
 def make_executor(name: str, **options: Any) -> Executor:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editdecay.config import ExperimentConfig, GridConfig
-from editdecay.experiments.resolve import GROUPS, model_spec, resolve_experiment, stage_keys, written_keys
+from editdecay.evaluation import GROUPS
+from editdecay.experiments.resolve import model_spec, resolve_experiment, stage_keys, written_keys
 from editdecay.experiments.store import ArtifactStore
 from editdecay.models import DtypeResolver, ModelShape, ModelSpec, read_model_shape
 

@@ -20,11 +20,10 @@ from editdecay.finetuning import FinetuneSpec
 from editdecay.finetuning.result import RESULT_FORMAT
 from editdecay.models import DtypeResolver, ModelShape, ModelSpec
 
-# Bump when the code that writes these artifacts changes what they hold (experiments/stages.py).
+# Bump when the code that writes these artifacts changes what they hold (evaluation/groups.py: GroupScores.save,
+# group_activations; experiments/stages.py).
 EVAL_FORMAT = "eval/2"
 ACTIVATIONS_FORMAT = "activations/2"
-
-GROUPS = ("M", "Med", "Mft", "Med_ft")
 
 
 @dataclass(frozen=True)
@@ -53,15 +52,13 @@ def model_spec(config: ExperimentConfig) -> ModelSpec:
 
 
 def editor_hparams(config: ExperimentConfig) -> dict[str, Any]:
-    """The editor's hyperparameter overrides, with the config's statistics shorthands folded in."""
-    shorthands = {"mom2_dataset": config.editor.stats_corpus, "mom2_n_tokens": config.editor.stats_tokens}
-    return {**{k: v for k, v in shorthands.items() if v is not None}, **config.editor.hparams}
+    """The editor's hyperparameter overrides as configured (checked against its hparams class at load time)."""
+    return dict(config.editor.hparams)
 
 
 def finetune_spec(config: ExperimentConfig) -> FinetuneSpec:
     """The fine-tuning spec as configured (`compute_dtype` may still be `auto`)."""
-    ft = config.finetune
-    return FinetuneSpec.from_dict({"method": ft.method, "layers": ft.layers, **ft.hparams})
+    return config.finetune.spec()
 
 
 def resolve_experiment(config: ExperimentConfig, shape: ModelShape, dtypes: DtypeResolver) -> ResolvedExperiment:

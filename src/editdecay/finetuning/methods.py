@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -18,23 +18,29 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-if TYPE_CHECKING:
-    from editdecay.finetuning.spec import FinetuneSpec
-
 log = logging.getLogger(__name__)
 
 DELTA_FILE = "delta.safetensors"
 ADAPTER_DIR = "adapter"
 
 
+class MethodSettings(Protocol):
+    """What a method reads of a FinetuneSpec (spec.py imports this module, so not the other way round)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    seed: int
+
+
 class FinetuneMethod(Protocol):
     name: str
     default_lr: float
 
-    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+    def trainable_count(self, module: nn.Module, spec: MethodSettings) -> int:
         """How many parameters training `module` adds to the optimizer."""
 
-    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+    def prepare(self, model: nn.Module, modules: list[str], spec: MethodSettings) -> nn.Module:
         """Make `modules` of `model` (a private float32 copy, all frozen) trainable; return what to train."""
 
     def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
@@ -76,10 +82,10 @@ class FullFinetune:
     name = "full"
     default_lr = 2e-5
 
-    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+    def trainable_count(self, module: nn.Module, spec: MethodSettings) -> int:
         return sum(p.numel() for p in module.parameters(recurse=False))
 
-    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+    def prepare(self, model: nn.Module, modules: list[str], spec: MethodSettings) -> nn.Module:
         for name in modules:
             model.get_submodule(name).requires_grad_(True)
         return model
@@ -106,20 +112,22 @@ class FullFinetune:
 class LoraFinetune:
     default_lr = 2e-4
 
-    def __init__(self, name: str, use_dora: bool) -> None:
+    def __init__(self, name: str, use_dora: bool, **lora_options: object) -> None:
+        """`lora_options` are passed on to PEFT's LoraConfig (e.g. use_rslora=True)."""
         self.name = name
         self.use_dora = use_dora
+        self.lora_options = lora_options
 
-    def trainable_count(self, module: nn.Module, spec: FinetuneSpec) -> int:
+    def trainable_count(self, module: nn.Module, spec: MethodSettings) -> int:
         fan_in, fan_out = linear_shape(module)
         # A (r x in) and B (out x r); DoRA adds one magnitude per output feature.
         return spec.r * (fan_in + fan_out) + (fan_out if self.use_dora else 0)
 
-    def prepare(self, model: nn.Module, modules: list[str], spec: FinetuneSpec) -> nn.Module:
+    def prepare(self, model: nn.Module, modules: list[str], spec: MethodSettings) -> nn.Module:
         config = LoraConfig(
             r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(modules),
             use_dora=self.use_dora, bias="none", task_type="CAUSAL_LM",
-            fan_in_fan_out=isinstance(model.get_submodule(modules[0]), Conv1D),
+            fan_in_fan_out=isinstance(model.get_submodule(modules[0]), Conv1D), **self.lora_options,
         )
         # The adapter initialisation draws from torch's global generator: seed it for reproducibility.
         torch.manual_seed(spec.seed)

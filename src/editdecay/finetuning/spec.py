@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from typing import Any, Literal, get_type_hints
 
 from torch import nn
 
@@ -21,7 +21,7 @@ DEFAULT_TARGETS: tuple[str, ...] = ("q", "k", "v", "up", "down")
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """A fine-tuning run (ALGORITHMS §5); defaults are the study's LoRA settings.
+    """A fine-tuning run (docs/algorithms.md §5); defaults are the study's LoRA settings.
 
     `layers` is a policy (`all`, `edited`, `non_edited`) or explicit block indices; `targets` are
     ArchSpec short names (q, k, v, o, gate, up, down) or module paths relative to a block. Full
@@ -124,6 +124,17 @@ class FinetuneSpec:
         """Content hash of the resolved spec (stable across processes and Python versions)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def spec_fields() -> dict[str, tuple[Any, Any]]:
+    """Each FinetuneSpec field's type hint and default, in field order: what the experiment config's `finetune`
+    section and the `finetune` command's options are built from."""
+    hints = get_type_hints(FinetuneSpec)
+    found: dict[str, tuple[Any, Any]] = {}
+    for f in fields(FinetuneSpec):
+        factory = f.default_factory
+        found[f.name] = (hints[f.name], f.default if factory is MISSING else factory())
+    return found
 
 
 def _normalise_layers(layers: object) -> str | tuple[int, ...]:

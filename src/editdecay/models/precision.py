@@ -88,6 +88,7 @@ class DtypeResolver:
     measure: Measure = time_matmul
     forced: str | None = field(default_factory=lambda: os.environ.get(FORCE_ENV) or None)
     results: dict[tuple[str, int, int], ProbeResult] = field(default_factory=dict)
+    _said: set[tuple[str, str, str]] = field(default_factory=set, repr=False)  # (decision, purpose, dtype) logged
 
     def __post_init__(self) -> None:
         if self.forced is not None and self.forced not in ("bfloat16", "float32"):
@@ -104,10 +105,14 @@ class DtypeResolver:
         if requested not in SPEED_DTYPES:
             raise ValueError(f"dtype {requested!r} for {purpose}: choose one of {', '.join(SPEED_DTYPES)}.")
         result = self.probe(device, d_in, d_out)
+        said = (result.reason, purpose, requested)
+        first = said not in self._said
+        self._said.add(said)
         if requested == AUTO:
-            log.info("%s: %s in %s", result.reason, purpose, result.chosen)
+            if first:
+                log.info("%s: %s in %s", result.reason, purpose, result.chosen)
             return result.chosen
-        if requested == "bfloat16" and result.speedup is not None and result.speedup < 1:
+        if first and requested == "bfloat16" and result.speedup is not None and result.speedup < 1:
             log.warning("%s in bfloat16 as requested, although %s (auto would choose float32)", purpose, result.reason)
         return requested
 
