@@ -33,6 +33,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src/editdecay
 
 clean:
 	rm -rf $(VENV)

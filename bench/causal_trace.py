@@ -101,9 +101,7 @@ def embedding_std(model, tokenizer, facts: list[Fact]) -> float:
 
 
 @torch.no_grad()
-def trace_fact(
-    model, tokenizer, fact: Fact, noise: torch.Tensor, window: int
-) -> TracedFact:
+def trace_fact(model, tokenizer, fact: Fact, noise: torch.Tensor, window: int) -> TracedFact:
     """One batched forward: S noise samples x (1 corrupted + L single-layer + L window restorations)."""
     n_layers = num_blocks(model)
     ids, subject_positions, answer_id = encode(tokenizer, fact)
@@ -139,6 +137,7 @@ def trace_fact(
             hidden = hidden.clone()
             hidden[rows, last_subject] = clean_at_subject[layer].to(hidden.dtype)
             return hidden
+
         return edit
 
     with ExitStack() as hooks:
@@ -147,9 +146,7 @@ def trace_fact(
             hooks.enter_context(edit_output(mlp_out(model, layer), restorer(layer)))
         logits = model(input_ids=batch_ids, logits_to_keep=1).logits[:, -1]
     probs = logits.float().softmax(-1)[:, answer_id].view(groups, samples).mean(1)
-    return TracedFact(
-        fact, p_clean, float(probs[0]), probs[1 : 1 + n_layers].clone(), probs[1 + n_layers :].clone()
-    )
+    return TracedFact(fact, p_clean, float(probs[0]), probs[1 : 1 + n_layers].clone(), probs[1 + n_layers :].clone())
 
 
 def main() -> None:
@@ -186,8 +183,10 @@ def main() -> None:
     p_corrupt = sum(t.p_corrupt for t in traced) / len(traced)
     single = torch.stack([t.restored_single - t.p_corrupt for t in traced])
     windowed = torch.stack([t.restored_window - t.p_corrupt for t in traced])
-    print(f"\nmodel {args.model}: {len(traced)} facts, {args.samples} noise samples, noise std {noise_std:.4f} "
-          f"({args.noise_mult} x embedding std), window {args.window}, {elapsed:.0f} s")
+    print(
+        f"\nmodel {args.model}: {len(traced)} facts, {args.samples} noise samples, noise std {noise_std:.4f} "
+        f"({args.noise_mult} x embedding std), window {args.window}, {elapsed:.0f} s"
+    )
     print(f"mean P(answer): clean {p_clean:.3f}, subject corrupted {p_corrupt:.3f}\n")
     print("| layer | IE single layer | IE window | std err (window) |")
     print("|---:|---:|---:|---:|")

@@ -33,8 +33,11 @@ def naive_scores(model, tokenizer, requests) -> list[tuple[float, float, str]]:
     rows = []
     with torch.inference_mode():
         for request in requests:
-            prompts = [(request.prompt, request.target_true), *((p, request.target_true)
-                       for p in request.paraphrase_prompts), *((n.prompt, n.answer) for n in request.neighborhood)]
+            prompts = [
+                (request.prompt, request.target_true),
+                *((p, request.target_true) for p in request.paraphrase_prompts),
+                *((n.prompt, n.answer) for n in request.neighborhood),
+            ]
             for prompt, true in prompts:
                 nlls, lengths = [], []
                 context = encode(tokenizer, [prompt], specials=True)[0]
@@ -45,11 +48,16 @@ def naive_scores(model, tokenizer, requests) -> list[tuple[float, float, str]]:
                     start = len(context) - 1
                     nlls.append(-float(sum(logp[start + j, t] for j, t in enumerate(ids))) / len(ids))
                     lengths.append(len(ids))
-                generated = model.generate(input_ids=torch.tensor([context]), max_new_tokens=max(lengths),
-                                           min_new_tokens=max(lengths), do_sample=False,
-                                           pad_token_id=pad_id_of(tokenizer))
-                rows.append((nlls[0], nlls[1], tokenizer.decode(generated[0, len(context):],
-                                                                 skip_special_tokens=True)))
+                generated = model.generate(
+                    input_ids=torch.tensor([context]),
+                    max_new_tokens=max(lengths),
+                    min_new_tokens=max(lengths),
+                    do_sample=False,
+                    pad_token_id=pad_id_of(tokenizer),
+                )
+                rows.append(
+                    (nlls[0], nlls[1], tokenizer.decode(generated[0, len(context) :], skip_special_tokens=True))
+                )
     return rows
 
 
@@ -63,8 +71,10 @@ def bench_edits(model, tokenizer, n: int) -> None:
     source = SHARED / "counterfact" / "counterfact-edit.json"
     requests = load_edit_requests(source if source.is_file() else "builtin", n)
     rows = sum(1 + len(r.paraphrase_prompts) + len(r.neighborhood) for r in requests)
-    print(f"\n== edit scoring: {len(requests)} requests from {source if source.is_file() else 'builtin'}, "
-          f"{rows} prompts, {2 * rows} (prompt, target) pairs ==")
+    print(
+        f"\n== edit scoring: {len(requests)} requests from {source if source.is_file() else 'builtin'}, "
+        f"{rows} prompts, {2 * rows} (prompt, target) pairs =="
+    )
     score_edits(model, tokenizer, requests[:2], progress=False)  # warm-up
     batched, t_batched = timed(lambda: score_edits(model, tokenizer, requests, batch_size=32, progress=False))
     single, t_single = timed(lambda: score_edits(model, tokenizer, requests, batch_size=1, progress=False))
@@ -73,14 +83,20 @@ def bench_edits(model, tokenizer, n: int) -> None:
     naive_nll = np.array([(a, b) for a, b, _ in naive])
     naive_diff = np.abs(batched[["nll_new", "nll_true"]].to_numpy() - naive_nll).max()
     print(f"batched (32/forward)     {t_batched:8.1f} s  {rows / t_batched:7.2f} prompts/s")
-    print(f"one prompt at a time     {t_single:8.1f} s  {rows / t_single:7.2f} prompts/s   "
-          f"batched speed-up {t_single / t_batched:5.1f}x")
-    print(f"naive reference          {t_naive:8.1f} s  {rows / t_naive:7.2f} prompts/s   "
-          f"batched speed-up {t_naive / t_batched:5.1f}x")
+    print(
+        f"one prompt at a time     {t_single:8.1f} s  {rows / t_single:7.2f} prompts/s   "
+        f"batched speed-up {t_single / t_batched:5.1f}x"
+    )
+    print(
+        f"naive reference          {t_naive:8.1f} s  {rows / t_naive:7.2f} prompts/s   "
+        f"batched speed-up {t_naive / t_batched:5.1f}x"
+    )
     print(f"max |nll| difference: batched vs single {nll_diff:.2e}, batched vs naive {naive_diff:.2e}")
-    print(f"identical success flags: {(batched['success'] == single['success']).all()}, identical greedy answers: "
-          f"batched==single {(batched['greedy'] == single['greedy']).all()}, "
-          f"batched==generate {sum(g == n for g, (_, _, n) in zip(batched['greedy'], naive, strict=True))}/{rows}")
+    print(
+        f"identical success flags: {(batched['success'] == single['success']).all()}, identical greedy answers: "
+        f"batched==single {(batched['greedy'] == single['greedy']).all()}, "
+        f"batched==generate {sum(g == n for g, (_, _, n) in zip(batched['greedy'], naive, strict=True))}/{rows}"
+    )
 
 
 def bench_tasks(model, tokenizer, tasks: list[str], items: int) -> None:
@@ -92,13 +108,27 @@ def bench_tasks(model, tokenizer, tasks: list[str], items: int) -> None:
     for task in available:
         figures, accuracy = [], []
         for mode, target in (("loglik", "cloze"), ("loglik", "label"), ("generate", "cloze")):
-            records, seconds = timed(lambda m=mode, t=target, name=task: evaluate_tasks(
-                model, tokenizer, [name], data_dir=data_dir, mode=m, limit=items, loglik_target=t,
-                batch_size=16, progress=False))
+            records, seconds = timed(
+                lambda m=mode, t=target, name=task: evaluate_tasks(
+                    model,
+                    tokenizer,
+                    [name],
+                    data_dir=data_dir,
+                    mode=m,
+                    limit=items,
+                    loglik_target=t,
+                    batch_size=16,
+                    progress=False,
+                )
+            )
             figures.append(len(records) / seconds)
             accuracy.append(100 * records["correct"].mean())
-        print(f"{task:15s} " + " ".join(f"{f:9.2f} it/s " for f in figures) + "  "
-              + " / ".join(f"{a:.0f}" for a in accuracy))
+        print(
+            f"{task:15s} "
+            + " ".join(f"{f:9.2f} it/s " for f in figures)
+            + "  "
+            + " / ".join(f"{a:.0f}" for a in accuracy)
+        )
 
 
 def main() -> None:
@@ -114,8 +144,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
-    print(f"model {args.model}, {torch.get_num_threads()} torch threads, dtype {next(model.parameters()).dtype}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"model {args.model}, {torch.get_num_threads()} torch threads, dtype {next(model.parameters()).dtype}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     if not args.skip_edits:
         bench_edits(model, tokenizer, args.requests)
     if not args.skip_tasks:

@@ -35,22 +35,40 @@ def child(args: argparse.Namespace) -> None:
     loaded = load_model("smollm2-135m")
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     examples = load_corpus("builtin", max_examples=args.examples, seed=0)
-    spec = FinetuneSpec(method=args.method, compute_dtype=args.dtype, epochs=1, batch_size=args.batch_size,
-                        max_steps=args.max_steps, lr=args.lr, dropout=args.dropout,
-                        train_on_inputs=not args.no_train_on_inputs)
+    spec = FinetuneSpec(
+        method=args.method,
+        compute_dtype=args.dtype,
+        epochs=1,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        dropout=args.dropout,
+        train_on_inputs=not args.no_train_on_inputs,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = finetune(loaded.model, loaded.tokenizer, examples, spec, out_dir=Path(tmp) / "out", progress=False)
         wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     manifest = result.manifest
-    print(json.dumps({
-        "method": args.method, "dtype": manifest["spec"]["compute_dtype"], "examples": len(examples),
-        "steps": manifest["steps"],
-        "tokens": manifest["tokens"], "train_s": manifest["train_seconds"], "tokens_per_s": manifest["tokens_per_s"],
-        "wall_s": wall, "cpu_s": cpu, "rss_model_mib": rss_model,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "first_loss": manifest["train_losses"][0], "last_loss": manifest["train_losses"][-1],
-    }))
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "dtype": manifest["spec"]["compute_dtype"],
+                "examples": len(examples),
+                "steps": manifest["steps"],
+                "tokens": manifest["tokens"],
+                "train_s": manifest["train_seconds"],
+                "tokens_per_s": manifest["tokens_per_s"],
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "rss_model_mib": rss_model,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "first_loss": manifest["train_losses"][0],
+                "last_loss": manifest["train_losses"][-1],
+            }
+        )
+    )
 
 
 def _cpu_seconds() -> float:
@@ -59,9 +77,23 @@ def _cpu_seconds() -> float:
 
 
 def run_child(args: argparse.Namespace, method: str, dtype: str) -> dict:
-    command = [sys.executable, __file__, "--child", "--method", method, "--dtype", dtype,
-               "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--dropout", str(args.dropout)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--method",
+        method,
+        "--dtype",
+        dtype,
+        "--examples",
+        str(args.examples),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--dropout",
+        str(args.dropout),
+    ]
     for flag, value in (("--max-steps", args.max_steps), ("--lr", args.lr)):
         if value is not None:
             command += [flag, str(value)]
@@ -91,27 +123,35 @@ def main() -> None:
         child(args)
         return
 
-    print(f"SmolLM2-135M, {args.examples} built-in examples, batch {args.batch_size}, {args.threads} threads, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"SmolLM2-135M, {args.examples} built-in examples, batch {args.batch_size}, {args.threads} threads, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
     import torch
 
     from editdecay.models import DtypeResolver
 
     torch.set_num_threads(args.threads)
     probe = DtypeResolver().probe("cpu", 576, 1536)  # SmolLM2-135M's MLP shape
-    print(f"dtype probe ({probe.shape} matmul): float32 {probe.float32_s * 1e3:.2f} ms, bfloat16 "
-          f"{probe.bfloat16_s * 1e3:.2f} ms -> {probe.reason}: compute_dtype auto = {probe.chosen}")
-    configs = ([("lora", "auto")] if args.demo else
-               [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")])
+    print(
+        f"dtype probe ({probe.shape} matmul): float32 {probe.float32_s * 1e3:.2f} ms, bfloat16 "
+        f"{probe.bfloat16_s * 1e3:.2f} ms -> {probe.reason}: compute_dtype auto = {probe.chosen}"
+    )
+    configs = (
+        [("lora", "auto")] if args.demo else [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
+    )
     rows = []
     for method, dtype in configs:
         row = run_child(args, method, dtype)
         rows.append(row)
-        print(f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
-              f"train {row['train_s']:6.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:6.1f} s  "
-              f"CPU {row['cpu_s']:6.1f} s ({row['tokens'] / row['cpu_s']:5.1f} tok/CPU-s)  "
-              f"peak RSS {row['peak_rss_mib']:6.0f} MiB (model loaded: {row['rss_model_mib']:.0f})  "
-              f"loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}", flush=True)
+        print(
+            f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
+            f"train {row['train_s']:6.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:6.1f} s  "
+            f"CPU {row['cpu_s']:6.1f} s ({row['tokens'] / row['cpu_s']:5.1f} tok/CPU-s)  "
+            f"peak RSS {row['peak_rss_mib']:6.0f} MiB (model loaded: {row['rss_model_mib']:.0f})  "
+            f"loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
+            flush=True,
+        )
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     # Ratios from CPU time per token: robust to other processes sharing the machine.
     speed = {(r["method"], r["dtype"]): r["tokens"] / r["cpu_s"] for r in rows}

@@ -158,9 +158,11 @@ def split_roles(known: list[Fact], relations: list[Relation], rng: random.Random
     subjects = sorted({s for r in relations for s, _ in r.facts})
     texts = [t for r in relations for t in (r.template, *r.paraphrases)]
     editable = {
-        s for s in subjects
+        s
+        for s in subjects
         if not any(s != other and mentions(other, s) for other in subjects)
-        and not any(mentions(t, s) for t in texts) and rng.random() < 0.5
+        and not any(mentions(t, s) for t in texts)
+        and rng.random() < 0.5
     }
     by_relation: dict[str, list[Fact]] = defaultdict(list)
     for fact in known:
@@ -188,15 +190,20 @@ def split_roles(known: list[Fact], relations: list[Relation], rng: random.Random
     return sorted(edits, key=lambda f: order[f.relation.name]), controls
 
 
-def neighbor_candidates(edit: Fact, known: list[Fact], edited: set[str], tokenizer: Any,
-                        rng: random.Random) -> list[tuple[str, str]]:
+def neighbor_candidates(
+    edit: Fact, known: list[Fact], edited: set[str], tokenizer: Any, rng: random.Random
+) -> list[tuple[str, str]]:
     """(prompt, answer) about unedited subjects of the same relation; same true object first."""
     relation = edit.relation
     new_head = first_token(tokenizer, edit.new)
     pool = [
-        f for f in known
-        if f.relation.name == relation.name and f.subject != edit.subject and f.true != edit.new
-        and first_token(tokenizer, f.true) != new_head and f.subject not in edited
+        f
+        for f in known
+        if f.relation.name == relation.name
+        and f.subject != edit.subject
+        and f.true != edit.new
+        and first_token(tokenizer, f.true) != new_head
+        and f.subject not in edited
     ]
     rng.shuffle(pool)
     pool.sort(key=lambda f: f.true != edit.true)
@@ -208,8 +215,9 @@ def neighbor_candidates(edit: Fact, known: list[Fact], edited: set[str], tokeniz
     ]
 
 
-def score_details(model: Any, tokenizer: Any, edits: list[Fact], controls: list[Fact], known: list[Fact],
-                  rng: random.Random) -> None:
+def score_details(
+    model: Any, tokenizer: Any, edits: list[Fact], controls: list[Fact], known: list[Fact], rng: random.Random
+) -> None:
     """Paraphrase margins for every record and model-checked neighbourhood prompts for every edit."""
     pairs: list[tuple[str, str]] = []
     for fact in edits + controls:
@@ -265,23 +273,30 @@ def main() -> None:
     edits, controls = split_roles(known, relations, rng)
     score_details(model, tokenizer, edits, controls, known, rng)
     # A record must be recognised on most of its paraphrases too; an edit needs three checked neighbours.
-    keep = [f for f in edits if sum(m > 0 for m in f.paraphrase_margins) * 2 >= len(f.paraphrase_margins)
-            and len(f.neighbors) >= 3]
+    keep = [
+        f
+        for f in edits
+        if sum(m > 0 for m in f.paraphrase_margins) * 2 >= len(f.paraphrase_margins) and len(f.neighbors) >= 3
+    ]
     kept_controls = [f for f in controls if sum(m > 0 for m in f.paraphrase_margins) >= 1]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "edits.json",
-                      to_json([record(f, f"bi-{i:04d}", True) for i, f in enumerate(keep, 1)]))
-    atomic_write_text(args.out / "control.json",
-                      to_json([record(f, f"bc-{i:04d}", False) for i, f in enumerate(kept_controls, 1)]))
+    atomic_write_text(args.out / "edits.json", to_json([record(f, f"bi-{i:04d}", True) for i, f in enumerate(keep, 1)]))
+    atomic_write_text(
+        args.out / "control.json", to_json([record(f, f"bc-{i:04d}", False) for i, f in enumerate(kept_controls, 1)])
+    )
 
-    print(f"candidates {sum(len(r.facts) for r in relations)}, known {len(known)}, "
-          f"edits {len(keep)}/{len(edits)}, controls {len(kept_controls)}/{len(controls)}")
+    print(
+        f"candidates {sum(len(r.facts) for r in relations)}, known {len(known)}, "
+        f"edits {len(keep)}/{len(edits)}, controls {len(kept_controls)}/{len(controls)}"
+    )
     edit_counts = Counter(f.relation.name for f in keep)
     control_counts = Counter(f.relation.name for f in kept_controls)
     for relation in relations:
-        print(f"  {relation.name:22s} known {sum(f.relation.name == relation.name for f in known):3d}  "
-              f"edits {edit_counts[relation.name]:3d}  controls {control_counts[relation.name]:3d}")
+        print(
+            f"  {relation.name:22s} known {sum(f.relation.name == relation.name for f in known):3d}  "
+            f"edits {edit_counts[relation.name]:3d}  controls {control_counts[relation.name]:3d}"
+        )
     para = [m > 0 for f in keep + kept_controls for m in f.paraphrase_margins]
     print(f"paraphrase preference for target_true: {sum(para) / len(para):.3f}")
     margins = sorted(f.margin for f in keep + kept_controls)

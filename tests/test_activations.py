@@ -19,8 +19,12 @@ from tiny import bos_for, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PROMPTS = ["The capital of France is", "Michael Jordan plays", "Toyota is headquartered in the city of",
-           "Below is an instruction that describes a task."]
+PROMPTS = [
+    "The capital of France is",
+    "Michael Jordan plays",
+    "Toyota is headquartered in the city of",
+    "Below is an instruction that describes a task.",
+]
 
 
 def _nudged(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -39,8 +43,13 @@ def _by_pair(table) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_identical_models_have_zero_drift(arch: str) -> None:
     model = tiny_model(arch)
-    table = activation_shift({"M": model, "Med": copy.deepcopy(model), "Mft": model}, tiny_tokenizer(bos_for(arch)),
-                             PROMPTS, batch_size=3, progress=False)
+    table = activation_shift(
+        {"M": model, "Med": copy.deepcopy(model), "Mft": model},
+        tiny_tokenizer(bos_for(arch)),
+        PROMPTS,
+        batch_size=3,
+        progress=False,
+    )
     assert set(table["pair"]) == {"Med-M", "Mft-M", "cos(Med-M, Mft-M)"}
     assert (table.loc[table["pair"] != "cos(Med-M, Mft-M)", "drift"] == 0).all()
     # Both differences are zero vectors: 0 / (0 + eps) = 0, not NaN.
@@ -51,8 +60,9 @@ def test_identical_models_have_zero_drift(arch: str) -> None:
 def test_cosine_of_a_direction_with_itself_is_one() -> None:
     base = tiny_model("llama")
     edited = _nudged(base, seed=1)
-    table = activation_shift({"M": base, "Med": edited, "Mft": base, "Med_ft": edited}, tiny_tokenizer(True),
-                             PROMPTS, progress=False)
+    table = activation_shift(
+        {"M": base, "Med": edited, "Mft": base, "Med_ft": edited}, tiny_tokenizer(True), PROMPTS, progress=False
+    )
     pairs = _by_pair(table)
     np.testing.assert_allclose(pairs["cos(Med_ft-Mft, Med-M)"]["similarity"], 1.0, atol=1e-6)
     np.testing.assert_allclose(pairs["Med_ft-Mft"]["drift"], pairs["Med-M"]["drift"].to_numpy())
@@ -98,8 +108,9 @@ def test_subject_position() -> None:
     probes = [ProbePrompt(prompt, "edit", prompt.index("France") + len("France")), ProbePrompt("no subject here")]
     table = activation_shift(models, tokenizer, probes, position="subject", progress=False)
     subject_index = len(encode(tokenizer, ["The capital of France"], specials=True)[0]) - 1
-    h = _direct(models, tokenizer, [prompt, "no subject here"],
-                lambda p, ids: subject_index if p == prompt else len(ids) - 1)
+    h = _direct(
+        models, tokenizer, [prompt, "no subject here"], lambda p, ids: subject_index if p == prompt else len(ids) - 1
+    )
     expected = (h["Med"] - h["M"]).norm(dim=-1).mean(dim=0).numpy()
     np.testing.assert_allclose(table.sort_values("layer")["drift"], expected, rtol=1e-4)
     assert (table["n_subject"] == 1).all() and (table["position"] == "subject").all()
@@ -119,21 +130,32 @@ def test_subsets_and_errors() -> None:
 
 
 def test_probe_prompts_and_sources() -> None:
-    requests = [EditRequest(str(i), s, "In {{braces}}, {} lives in", "Rome", "Paris", (f"{s} resides in",))
-                for i, s in enumerate(["Anna", "Ben", "Carla"])]
-    items = [TaskItem(task, f"{task}-{i}", f"{task} question {i}", "", "true", ("true", "false"),
-                      ("true", "false"), "q") for task in ("boolq", "piqa") for i in range(3)]
+    requests = [
+        EditRequest(str(i), s, "In {{braces}}, {} lives in", "Rome", "Paris", (f"{s} resides in",))
+        for i, s in enumerate(["Anna", "Ben", "Carla"])
+    ]
+    items = [
+        TaskItem(task, f"{task}-{i}", f"{task} question {i}", "", "true", ("true", "false"), ("true", "false"), "q")
+        for task in ("boolq", "piqa")
+        for i in range(3)
+    ]
     prompts = probe_prompts(requests, items, limit=4)
     edit = [p for p in prompts if p.source == "edit"]
     downstream = [p for p in prompts if p.source == "downstream"]
-    assert [p.text for p in edit] == ["In {braces}, Anna lives in", "Anna resides in", "In {braces}, Ben lives in",
-                                      "Ben resides in"]
+    assert [p.text for p in edit] == [
+        "In {braces}, Anna lives in",
+        "Anna resides in",
+        "In {braces}, Ben lives in",
+        "Ben resides in",
+    ]
     assert edit[0].text[: edit[0].subject_end].endswith("Anna") and edit[1].subject_end == len("Anna")
-    assert [p.text for p in downstream] == [alpaca_prompt(f"{t} question {i}")
-                                            for i, t in [(0, "boolq"), (0, "piqa"), (1, "boolq"), (1, "piqa")]]
+    assert [p.text for p in downstream] == [
+        alpaca_prompt(f"{t} question {i}") for i, t in [(0, "boolq"), (0, "piqa"), (1, "boolq"), (1, "piqa")]
+    ]
     base = tiny_model("llama")
-    table = activation_shift({"M": base, "Med": _nudged(base, 1)}, tiny_tokenizer(), prompts, by_source=True,
-                             progress=False)
+    table = activation_shift(
+        {"M": base, "Med": _nudged(base, 1)}, tiny_tokenizer(), prompts, by_source=True, progress=False
+    )
     counts = table.groupby("prompt_set")["n_prompts"].first().to_dict()
     assert counts == {"all": 8, "edit": 4, "downstream": 4}
     all_rows = table[table["prompt_set"] == "all"].set_index("layer")["drift"]

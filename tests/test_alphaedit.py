@@ -17,7 +17,7 @@ from editdecay.editing import (
     build_editor,
 )
 from editdecay.editing import nullspace_projector as projector_of
-from editdecay.editing.keys import compute_keys
+from editdecay.editing.subject_keys import compute_keys
 from editdecay.models import arch_for
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_model, tiny_tokenizer

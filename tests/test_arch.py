@@ -144,17 +144,31 @@ def _meta_model(config) -> nn.Module:
 
 def test_default_edit_layers_known_and_fallback(models):
     assert default_edit_layers(models["llama"]) == (0, 1, 2, 3)  # 4 blocks: all of them
-    smollm2_shape = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                intermediate_size=1536, vocab_size=64)
-    gemma_shape = Gemma3TextConfig(hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
-                                   num_key_value_heads=1, head_dim=256, intermediate_size=2048, vocab_size=64)
+    smollm2_shape = LlamaConfig(
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        vocab_size=64,
+    )
+    gemma_shape = Gemma3TextConfig(
+        hidden_size=640,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        intermediate_size=2048,
+        vocab_size=64,
+    )
     gpt2_xl_shape = GPT2Config(n_embd=1600, n_layer=48, n_head=25, vocab_size=64)
     known = {k.label: k for k in KNOWN_MODELS}
     assert default_edit_layers(_meta_model(smollm2_shape)) == known["smollm2-135m"].edit_layers
     assert default_edit_layers(_meta_model(gemma_shape)) == known["gemma3-270m"].edit_layers
     assert default_edit_layers(_meta_model(gpt2_xl_shape)) == (13, 14, 15, 16, 17)
-    unknown = LlamaConfig(hidden_size=64, num_hidden_layers=16, num_attention_heads=4, intermediate_size=128,
-                          vocab_size=64)
+    unknown = LlamaConfig(
+        hidden_size=64, num_hidden_layers=16, num_attention_heads=4, intermediate_size=128, vocab_size=64
+    )
     assert default_edit_layers(_meta_model(unknown)) == (2, 3, 4, 5, 6)  # five blocks from depth/8
     for entry in KNOWN_MODELS:
         assert len(entry.edit_layers) >= 5 and max(entry.edit_layers) < entry.num_layers
@@ -199,8 +213,14 @@ def test_register_arch_adds_a_family():
     toy = _Toy()
     with pytest.raises(UnsupportedArchitectureError):
         arch_for(toy)
-    spec = ArchSpec(name="toy", model_types=("toy",), blocks_path="net.blocks", mlp_out_template="net.blocks.{}.ff.out",
-                    final_norm_path="net.norm", block_modules={"up": "ff.inp", "down": "ff.out"})
+    spec = ArchSpec(
+        name="toy",
+        model_types=("toy",),
+        blocks_path="net.blocks",
+        mlp_out_template="net.blocks.{}.ff.out",
+        final_norm_path="net.norm",
+        block_modules={"up": "ff.inp", "down": "ff.out"},
+    )
     register_arch(spec)
     assert arch_for(toy) is spec
     assert "toy" in supported_model_types()
@@ -210,15 +230,21 @@ def test_register_arch_adds_a_family():
     assert final_norm(toy) is toy.net.norm
     assert default_edit_layers(toy) == (0, 1, 2)
     with pytest.raises(ValueError, match="needs '\\{\\}'"):
-        register_arch(ArchSpec(name="bad", model_types=("bad",), blocks_path="a", mlp_out_template="a.0.b",
-                               final_norm_path="n"))
+        register_arch(
+            ArchSpec(name="bad", model_types=("bad",), blocks_path="a", mlp_out_template="a.0.b", final_norm_path="n")
+        )
 
 
 @pytest.mark.usefixtures("restore_registry")
 def test_register_arch_takes_over_only_its_own_model_types():
     llama = arch_for("llama")
-    mistral = ArchSpec(name="my-mistral", model_types=("mistral",), blocks_path="model.layers",
-                       mlp_out_template="model.layers.{}.mlp.down_proj", final_norm_path="model.norm")
+    mistral = ArchSpec(
+        name="my-mistral",
+        model_types=("mistral",),
+        blocks_path="model.layers",
+        mlp_out_template="model.layers.{}.mlp.down_proj",
+        final_norm_path="model.norm",
+    )
     register_arch(mistral)
     assert arch_for("mistral") is mistral
     assert arch_for("llama").name == "llama" and arch_for("qwen2").name == "llama"

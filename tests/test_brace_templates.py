@@ -8,7 +8,7 @@ import torch
 from editdecay.data import EditRequest
 from editdecay.data.records import split_template
 from editdecay.editing.subject import check_request, prompt_tokens, target_ids
-from editdecay.editing.targets import _build_batch
+from editdecay.editing.target_values import _build_batch
 from editdecay.evaluation import probe_prompts, score_edits
 from editdecay.evaluation.batching import encode
 from tiny import tiny_model, tiny_tokenizer

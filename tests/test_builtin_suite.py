@@ -45,9 +45,15 @@ def _mentions(text: str, subject: str) -> bool:
 
 
 def _check_texts(request: EditRequest) -> None:
-    texts = [request.subject, request.template, request.target_true, request.target_new,
-             *request.paraphrase_prompts, *(n.prompt for n in request.neighborhood),
-             *(n.answer for n in request.neighborhood)]
+    texts = [
+        request.subject,
+        request.template,
+        request.target_true,
+        request.target_new,
+        *request.paraphrase_prompts,
+        *(n.prompt for n in request.neighborhood),
+        *(n.answer for n in request.neighborhood),
+    ]
     for text in texts:
         assert text and text == text.strip(), f"{request.case_id}: outer whitespace or empty text in {text!r}"
     for prompt in (request.prompt, *request.paraphrase_prompts):
@@ -84,8 +90,7 @@ def test_control_set_shape(edits: list[EditRequest], controls: list[EditRequest]
     print("controls per relation:", dict(sorted(Counter(r.relation_id for r in controls).items())))
 
 
-def test_no_other_prompt_mentions_an_edited_subject(edits: list[EditRequest],
-                                                    controls: list[EditRequest]) -> None:
+def test_no_other_prompt_mentions_an_edited_subject(edits: list[EditRequest], controls: list[EditRequest]) -> None:
     """Editing one subject must not touch the prompts that measure locality or general forgetting."""
     for edit in edits:
         for other in edits + controls:
@@ -96,8 +101,9 @@ def test_no_other_prompt_mentions_an_edited_subject(edits: list[EditRequest],
             assert not hits, f"edited subject {edit.subject!r} ({edit.case_id}) occurs in {other.case_id}: {hits}"
 
 
-def _target_nll(model: Any, tokenizer: Any, items: list[tuple[str, list[str]]],
-                batch_size: int = 64) -> list[list[float]]:
+def _target_nll(
+    model: Any, tokenizer: Any, items: list[tuple[str, list[str]]], batch_size: int = 64
+) -> list[list[float]]:
     """Mean per-token NLL of " " + each target after its prompt, teacher forced (no BOS is added to targets).
 
     A single-token target is read at the prompt's last position, so a prompt needs one sequence per
@@ -107,8 +113,10 @@ def _target_nll(model: Any, tokenizer: Any, items: list[tuple[str, list[str]]],
     rows: list[tuple[list[int], list[tuple[int, int, list[int], int]]]] = []  # ids, (item, target, ids, n_prompt)
     for k, (prompt, targets) in enumerate(items):
         prompt_ids = tokenizer(prompt).input_ids
-        tasks = [(k, j, tokenizer(" " + t, add_special_tokens=False).input_ids, len(prompt_ids))
-                 for j, t in enumerate(targets)]
+        tasks = [
+            (k, j, tokenizer(" " + t, add_special_tokens=False).input_ids, len(prompt_ids))
+            for j, t in enumerate(targets)
+        ]
         single = [task for task in tasks if len(task[2]) == 1]
         multi = [task for task in tasks if len(task[2]) > 1]
         rows.append((prompt_ids + (multi[0][2] if multi else []), multi[:1] + single))
@@ -143,8 +151,12 @@ def _target_nll(model: Any, tokenizer: Any, items: list[tuple[str, list[str]]],
 def test_target_nll_matches_one_sequence_per_target() -> None:
     """The shared-prompt scorer equals scoring each (prompt, target) pair on its own, BOS included."""
     model, tokenizer = tiny_model("llama", seed=3), tiny_tokenizer(add_bos=True)
-    items = [("The capital of France is", ["Paris", "Rome", "a"]), ("Messi plays", ["soccer"]),
-             ("Jordan plays", ["basketball", "tennis"]), ("x", ["y", "a"])]
+    items = [
+        ("The capital of France is", ["Paris", "Rome", "a"]),
+        ("Messi plays", ["soccer"]),
+        ("Jordan plays", ["basketball", "tennis"]),
+        ("x", ["y", "a"]),
+    ]
     expected = []
     for prompt, targets in items:
         row = []
@@ -164,8 +176,7 @@ def test_target_nll_matches_one_sequence_per_target() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_prefers_the_true_targets(smollm2: Any, edits: list[EditRequest],
-                                          controls: list[EditRequest]) -> None:
+def test_smollm2_prefers_the_true_targets(smollm2: Any, edits: list[EditRequest], controls: list[EditRequest]) -> None:
     """The unedited model prefers target_true over target_new on >= 80% of edit and control prompts."""
     model, tokenizer = smollm2
     start = time.perf_counter()
@@ -177,7 +188,9 @@ def test_smollm2_prefers_the_true_targets(smollm2: Any, edits: list[EditRequest]
         for request, ok in zip(requests, prefers, strict=True):
             per_relation.setdefault(str(request.relation_id), []).append(ok)
         rates[name] = sum(prefers) / len(prefers)
-        print(f"{name}: SmolLM2-135M prefers target_true on {sum(prefers)}/{len(prefers)} = {rates[name]:.3f}; "
-              + ", ".join(f"{rel} {sum(v)}/{len(v)}" for rel, v in sorted(per_relation.items())))
+        print(
+            f"{name}: SmolLM2-135M prefers target_true on {sum(prefers)}/{len(prefers)} = {rates[name]:.3f}; "
+            + ", ".join(f"{rel} {sum(v)}/{len(v)}" for rel, v in sorted(per_relation.items()))
+        )
     print(f"scored {len(edits) + len(controls)} prompts in {time.perf_counter() - start:.1f} s")
     assert rates["edits"] >= 0.8 and rates["controls"] >= 0.8, rates

@@ -46,8 +46,18 @@ def test_every_command_help_renders_with_its_brackets() -> None:
 
 
 def test_paper_grid_dry_run(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["grid", str(CONFIGS / "paper.yaml"), "--dry-run",
-                                      "--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "grid",
+            str(CONFIGS / "paper.yaml"),
+            "--dry-run",
+            "--store",
+            str(tmp_path / "store"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "144 configurations, 0 already complete" in result.output
     # 4 models x 2 datasets x 3 sizes x 2 editors = 48 patches; fine-tunings: 12 of M + 144 of Med.
@@ -63,8 +73,18 @@ def test_bad_config_gives_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "edits.n" in result.output and "finetune.lrr: unknown key" in result.output
     assert "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["grid", str(CONFIGS / "demo.yaml"), "--dry-run", "--executor", "slurm",
-                                      "--set", "grid.finetune.method=[lora, qlora]"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "grid",
+            str(CONFIGS / "demo.yaml"),
+            "--dry-run",
+            "--executor",
+            "slurm",
+            "--set",
+            "grid.finetune.method=[lora, qlora]",
+        ],
+    )
     assert result.exit_code == 2 and "finetune.method" in result.output
     result = CliRunner().invoke(app, ["grid", str(CONFIGS / "demo.yaml"), "--dry-run", "--executor", "slurm"])
     assert result.exit_code == 2 and "choose one of local, ray" in result.output

@@ -44,8 +44,10 @@ def test_bad_value_is_named_with_the_value(tmp_path: Path) -> None:
 
 def test_overrides_are_parsed_as_yaml_and_applied(tmp_path: Path) -> None:
     path = write(tmp_path, "edits:\n  n: 10\n")
-    config = load_experiment(path, ["edits.n=25", "finetune.layers=[3, 4]", "evaluation.tasks=[boolq]",
-                                    "edits.seed=null", "model.dtype=bfloat16"])
+    config = load_experiment(
+        path,
+        ["edits.n=25", "finetune.layers=[3, 4]", "evaluation.tasks=[boolq]", "edits.seed=null", "model.dtype=bfloat16"],
+    )
     assert config.edits.n == 25
     assert config.finetune.layers == [3, 4]
     assert config.evaluation.tasks == ["boolq"]
@@ -76,15 +78,22 @@ def test_config_hash_ignores_name_and_tracks_every_input() -> None:
 
 
 def test_grid_expands_cartesian_product() -> None:
-    grid = GridConfig(name="g", base={"edits": {"n": 10}},
-                      grid={"editor.name": ["memit", "alphaedit"], "finetune.method": ["lora", "dora", "full"],
-                            "finetune.layers": ["all", "edited"]})
+    grid = GridConfig(
+        name="g",
+        base={"edits": {"n": 10}},
+        grid={
+            "editor.name": ["memit", "alphaedit"],
+            "finetune.method": ["lora", "dora", "full"],
+            "finetune.layers": ["all", "edited"],
+        },
+    )
     configs = grid.expand()
     assert len(configs) == 12
     assert len({c.config_hash() for c in configs}) == 12
     assert all(c.edits.n == 10 for c in configs)
     assert {(c.editor.name, c.finetune.method, c.finetune.layers) for c in configs} == {
-        (e, m, layer) for e in ("memit", "alphaedit") for m in ("lora", "dora", "full") for layer in ("all", "edited")}
+        (e, m, layer) for e in ("memit", "alphaedit") for m in ("lora", "dora", "full") for layer in ("all", "edited")
+    }
 
 
 def test_grid_bad_combination_names_key(tmp_path: Path) -> None:
@@ -116,7 +125,8 @@ def test_presets_validate(preset: str) -> None:
         # 2 editors x 2 fine-tuning methods x 2 layer policies
         assert len(configs) == 8
         assert {(c.editor.name, c.finetune.method, c.finetune.layers) for c in configs} == {
-            (e, m, p) for e in ("memit", "alphaedit") for m in ("lora", "dora") for p in ("all", "edited")}
+            (e, m, p) for e in ("memit", "alphaedit") for m in ("lora", "dora") for p in ("all", "edited")
+        }
     else:
         assert len(configs) == 4
 
@@ -140,8 +150,7 @@ def test_finetune_section_is_finetune_spec_with_its_defaults() -> None:
         assert field.name in fields, field.name
         default = fields[field.name].default
         assert default == (list(field.default) if isinstance(field.default, tuple) else field.default), field.name
-    assert set(fields) == {f.name for f in dataclasses.fields(FinetuneSpec)} | {"corpus", "max_examples",
-                                                                                "corpus_seed"}
+    assert set(fields) == {f.name for f in dataclasses.fields(FinetuneSpec)} | {"corpus", "max_examples", "corpus_seed"}
     config = load_experiment(PRESETS / "experiment.yaml")
     spec = config.finetune.spec()
     assert (spec.lr, spec.epochs, spec.batch_size, spec.train_on_inputs, spec.r) == (0.001, 1, 16, False, 8)
@@ -158,7 +167,8 @@ def test_finetune_values_are_checked_by_the_spec_naming_the_key(tmp_path: Path) 
     assert "finetune.layers: Unknown layer policy 'middle'; choose one of all, edited, non_edited" in message
     assert "finetune.epochs: Input should be a valid integer" in problems(tmp_path, "finetune:\n  epochs: many\n")
     assert "finetune.compute_dtype: compute_dtype must be one of" in problems(
-        tmp_path, "finetune:\n  compute_dtype: float16\n")
+        tmp_path, "finetune:\n  compute_dtype: float16\n"
+    )
 
 
 def test_the_old_finetune_hparams_section_says_where_its_keys_go(tmp_path: Path) -> None:
@@ -176,8 +186,12 @@ def test_editor_hparams_are_checked_against_the_editors_class(tmp_path: Path) ->
     assert "editor.hparams.layers" in problems(tmp_path, "editor:\n  hparams:\n    layers: [5, 4]\n")
     # AlphaEdit's keys belong to AlphaEdit; harness keys of published hparams files are allowed and ignored.
     assert "editor.hparams.L2: unknown key for memit" in problems(tmp_path, "editor:\n  hparams:\n    L2: 5\n")
-    config = load_experiment(write(tmp_path, "editor:\n  name: alphaedit\n  hparams:\n    L2: 5\n"
-                                             "    model_name: gpt2-xl\n    mom2_n_tokens: 512\n"))
+    config = load_experiment(
+        write(
+            tmp_path,
+            "editor:\n  name: alphaedit\n  hparams:\n    L2: 5\n    model_name: gpt2-xl\n    mom2_n_tokens: 512\n",
+        )
+    )
     assert config.editor.hparams == {"L2": 5, "model_name": "gpt2-xl", "mom2_n_tokens": 512}
     assert "editor.preset: Unknown preset 'gpt5'" in problems(tmp_path, "editor:\n  preset: gpt5\n")
 
@@ -201,10 +215,13 @@ def test_names_are_checked_against_their_registries(tmp_path: Path, monkeypatch:
     assert "evaluation.tasks: Unknown downstream task 'squad'" in message and "boolq" in message
 
 
-@pytest.mark.parametrize(("text", "key"), [("editor:\n  hparams:\n    v_lrr: 1\n", "editor.hparams.v_lrr"),
-                                           ("finetune:\n  lr: -1\n", "finetune.lr")])
-def test_run_reports_a_config_error_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           text: str, key: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("editor:\n  hparams:\n    v_lrr: 1\n", "editor.hparams.v_lrr"), ("finetune:\n  lr: -1\n", "finetune.lr")],
+)
+def test_run_reports_a_config_error_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str
+) -> None:
     import editdecay.experiments.runner
     import editdecay.models
     from editdecay.cli import app
@@ -214,8 +231,9 @@ def test_run_reports_a_config_error_before_any_model_loads(tmp_path: Path, monke
 
     monkeypatch.setattr(editdecay.models, "load_model", no_model)
     monkeypatch.setattr(editdecay.experiments.runner, "load_model", no_model)
-    result = CliRunner().invoke(app, ["run", str(write(tmp_path, text)), "--store", str(tmp_path / "store"),
-                                      "--runs", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        app, ["run", str(write(tmp_path, text)), "--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs")]
+    )
     assert result.exit_code == 2, result.output
     assert key in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()

@@ -42,8 +42,9 @@ def check_editor_contract(name: str, hparams: dict, tmp_path: Path) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     editor = build_editor(name, hparams, dtypes=DtypeResolver(forced="float32"))
     assert isinstance(editor, Editor) and editor.name == name
-    assert isinstance(EDITORS[name].hparams_class.from_dict(editor.resolved_hparams(model).to_dict()),
-                      EDITORS[name].hparams_class)
+    assert isinstance(
+        EDITORS[name].hparams_class.from_dict(editor.resolved_hparams(model).to_dict()), EDITORS[name].hparams_class
+    )
     before = state_of(model)
     patch = editor.edit(model, tok, capital_requests(3), EditContext(stats=StatsStore(tmp_path / "stats")))
     # The caller's model is untouched; the patch changes exactly the parameters its manifest declares.
@@ -88,8 +89,9 @@ def check_editor_contract(name: str, hparams: dict, tmp_path: Path) -> None:
 
 # --- fine-tuning methods -------------------------------------------------------------------------------------
 
-EXAMPLES_FILE = [{"instruction": f"Name the colour of item {i}.", "input": "", "output": f"Colour {i % 3}."}
-                 for i in range(8)]
+EXAMPLES_FILE = [
+    {"instruction": f"Name the colour of item {i}.", "input": "", "output": f"Colour {i % 3}."} for i in range(8)
+]
 
 
 @pytest.mark.parametrize("method", sorted(FINETUNE_METHODS))
@@ -105,8 +107,17 @@ def check_method_contract(method: str, tmp_path: Path) -> None:
     examples = load_corpus(str(path))
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     before = state_of(model)
-    spec = FinetuneSpec(method=method, layers=(1,), max_steps=2, batch_size=4, lr=1e-2, compute_dtype="float32",
-                        cutoff_len=64, warmup_ratio=0.0, dropout=0.0)
+    spec = FinetuneSpec(
+        method=method,
+        layers=(1,),
+        max_steps=2,
+        batch_size=4,
+        lr=1e-2,
+        compute_dtype="float32",
+        cutoff_len=64,
+        warmup_ratio=0.0,
+        dropout=0.0,
+    )
     result = finetune(model, tok, examples, spec, out_dir=tmp_path / "out", progress=False)
     assert same_state(before, state_of(model))  # the caller's weights are never touched
     assert result.method == method and result.manifest["steps"] == 2
@@ -131,8 +142,12 @@ def _record(spec, answer_index: int) -> dict[str, str]:
     else:
         options = " ".join(f"{spec.option_marker}{i + 1}: choice {i + 1}." for i in range(len(labels)))
         body = f"Please choose the correct answer to the question: pick one _ now\n\n{options}"
-    return {"instruction": f"{body}\n\nAnswer format: {'/'.join(labels)}", "input": "",
-            "output": f"the correct answer is {labels[answer_index]}", "answer": labels[answer_index]}
+    return {
+        "instruction": f"{body}\n\nAnswer format: {'/'.join(labels)}",
+        "input": "",
+        "output": f"the correct answer is {labels[answer_index]}",
+        "answer": labels[answer_index],
+    }
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

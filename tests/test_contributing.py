@@ -30,8 +30,9 @@ def registries() -> Iterator[None]:
         registry.update(snapshot)
 
 
-def test_every_worked_example_runs_and_its_entry_passes_the_contract(registries, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_worked_example_runs_and_its_entry_passes_the_contract(
+    registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), flags=re.S)
     assert len(blocks) == 4
     for index, code in enumerate(blocks):

@@ -13,8 +13,12 @@ from editdecay.data import DataFormatError, InstructionExample, corpus_id, forma
 from editdecay.data.builtin_corpus import CATEGORIES
 
 ALPACA = [
-    {"instruction": "Is water wet?\n\nAnswer format: true/false", "input": "", "output": "the correct answer is true",
-     "answer": "true"},
+    {
+        "instruction": "Is water wet?\n\nAnswer format: true/false",
+        "input": "",
+        "output": "the correct answer is true",
+        "answer": "true",
+    },
     {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "answer": 5},
     {"instruction": "Say hello.", "output": "hello"},
 ]
@@ -48,27 +52,36 @@ def test_jsonl_prompt_response_and_directory_union(tmp_path: Path) -> None:
 
 def test_hotpotqa_records_use_supporting_sentences(tmp_path: Path) -> None:
     record = {
-        "_id": "x1", "question": "Which river is longer?", "answer": "the first",
+        "_id": "x1",
+        "question": "Which river is longer?",
+        "answer": "the first",
         "context": [["First river", ["It is long.", "It is wide."]], ["Second river", ["It is short."]]],
         "supporting_facts": [["First river", 0], ["Second river", 0]],
     }
-    hf_style = {"question": "Who wrote it?", "answer": "a poet",
-                "context": {"title": ["Poem"], "sentences": [["A poet wrote it.", "In spring."]]},
-                "supporting_facts": {"title": [], "sent_id": []}}
+    hf_style = {
+        "question": "Who wrote it?",
+        "answer": "a poet",
+        "context": {"title": ["Poem"], "sentences": [["A poet wrote it.", "In spring."]]},
+        "supporting_facts": {"title": [], "sent_id": []},
+    }
     examples = load_corpus(_write(tmp_path / "hotpot.json", [record, hf_style]))
     context = "First river: It is long.\nSecond river: It is short."
     assert examples[0] == InstructionExample("Which river is longer?", context, "the first", "the first")
     assert examples[1].input == "Poem: A poet wrote it. In spring."
 
 
-@pytest.mark.parametrize(("record", "field", "problem"), [
-    ({"instruction": "Q", "input": ""}, "output", "missing"),
-    ({"instruction": "  ", "output": "x"}, "instruction", "empty"),
-    ({"instruction": "Q", "input": 3, "output": "x"}, "input", "expected a string"),
-    ({"instruction": "Q", "output": "x", "answer": ["a"]}, "answer", "expected a string or a number"),
-])
-def test_malformed_alpaca_record_names_file_index_and_field(tmp_path: Path, record: dict, field: str,
-                                                            problem: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "field", "problem"),
+    [
+        ({"instruction": "Q", "input": ""}, "output", "missing"),
+        ({"instruction": "  ", "output": "x"}, "instruction", "empty"),
+        ({"instruction": "Q", "input": 3, "output": "x"}, "input", "expected a string"),
+        ({"instruction": "Q", "output": "x", "answer": ["a"]}, "answer", "expected a string or a number"),
+    ],
+)
+def test_malformed_alpaca_record_names_file_index_and_field(
+    tmp_path: Path, record: dict, field: str, problem: str
+) -> None:
     path = _write(tmp_path / "bad.json", [ALPACA[0], record])
     with pytest.raises(DataFormatError) as info:
         load_corpus(path)
@@ -152,9 +165,14 @@ def test_builtin_corpus_facts_are_right() -> None:
     """Spot checks that the generated answers are true facts, not just well-formed labels."""
     by_instruction = {ex.instruction: ex.answer for ex in load_corpus("builtin")}
     boolq = "Please answer the following question with true or false, question: {}?\n\nAnswer format: true/false"
-    checks = {"is 7 greater than 3": "true", "is 3 greater than 7": "false", "is 12 an even number": "true",
-              "is a hammer a kind of tool": "true", "does ice float on water": "true",
-              "does a stone float on water": "false"}
+    checks = {
+        "is 7 greater than 3": "true",
+        "is 3 greater than 7": "false",
+        "is 12 an even number": "true",
+        "is a hammer a kind of tool": "true",
+        "does ice float on water": "true",
+        "does a stone float on water": "false",
+    }
     found = {q: by_instruction[boolq.format(q)] for q in checks if boolq.format(q) in by_instruction}
     assert len(found) >= 4 and found == {q: checks[q] for q in found}
     for instruction, answer in by_instruction.items():

@@ -18,25 +18,35 @@ CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]
 
 
 def _per_edit(success: list[int], answers: list[str], knows: list[int] | None = None) -> pd.DataFrame:
-    return pd.DataFrame({
-        "case_id": CASES, "es": [float(s) for s in success], "ps": [0.5] * 6, "ns": [1.0] * 6,
-        "success": [float(s) for s in success], "knows_true": [float(k) for k in (knows or [0] * 6)],
-        "answer": answers, "target_true": ["Paris", "Paris", "Rome", "Oslo", "Bern", "Oslo"],
-        "metric_family": "counterfact",
-    })
+    return pd.DataFrame(
+        {
+            "case_id": CASES,
+            "es": [float(s) for s in success],
+            "ps": [0.5] * 6,
+            "ns": [1.0] * 6,
+            "success": [float(s) for s in success],
+            "knows_true": [float(k) for k in (knows or [0] * 6)],
+            "answer": answers,
+            "target_true": ["Paris", "Paris", "Rome", "Oslo", "Bern", "Oslo"],
+            "metric_family": "counterfact",
+        }
+    )
 
 
 @pytest.fixture
 def groups() -> dict[str, pd.DataFrame]:
     # Med -> Med_ft: c1 stable, c2 c3 c6 erased, c4 emergent, c5 impossible.
     return {
-        "M": _per_edit([0, 0, 0, 0, 0, 0], [" Paris", " Paris", " Rome", " Oslo", " Bern", " Oslo"],
-                       knows=[1, 1, 1, 1, 0, 1]),
-        "Med": _per_edit([1, 1, 1, 0, 0, 1], [" Lyon", " Lyon", " Lyon", " Bern", " Bern", " Lyon"],
-                         knows=[0, 0, 0, 1, 0, 0]),
+        "M": _per_edit(
+            [0, 0, 0, 0, 0, 0], [" Paris", " Paris", " Rome", " Oslo", " Bern", " Oslo"], knows=[1, 1, 1, 1, 0, 1]
+        ),
+        "Med": _per_edit(
+            [1, 1, 1, 0, 0, 1], [" Lyon", " Lyon", " Lyon", " Bern", " Bern", " Lyon"], knows=[0, 0, 0, 1, 0, 0]
+        ),
         "Mft": _per_edit([0, 0, 0, 0, 0, 0], [" Paris"] * 6, knows=[1, 0, 1, 1, 0, 0]),
-        "Med_ft": _per_edit([1, 0, 0, 1, 0, 0], [" Lyon", " Paris", " Milan", " x", " Bern", " MILAN "],
-                            knows=[0, 1, 0, 0, 1, 0]),
+        "Med_ft": _per_edit(
+            [1, 0, 0, 1, 0, 0], [" Lyon", " Paris", " Milan", " x", " Bern", " MILAN "], knows=[0, 1, 0, 0, 1, 0]
+        ),
     }
 
 
@@ -101,11 +111,21 @@ def test_bad_inputs(groups: dict[str, pd.DataFrame]) -> None:
         decay_summary({"Med": doubled, "Med_ft": groups["Med_ft"]})
 
 
-EDITS = [{"case_id": i, "subject": s, "prompt": f"The capital of {s} is", "ground_truth": c, "target_new": n,
-          "rephrase_prompt": f"{s}'s capital is", "locality_prompt": "The capital of Italy is",
-          "locality_ground_truth": "Rome"}
-         for i, (s, c, n) in enumerate([("France", "Paris", "Madrid"), ("Spain", "Madrid", "Tokyo"),
-                                        ("Japan", "Tokyo", "Paris")])]
+EDITS = [
+    {
+        "case_id": i,
+        "subject": s,
+        "prompt": f"The capital of {s} is",
+        "ground_truth": c,
+        "target_new": n,
+        "rephrase_prompt": f"{s}'s capital is",
+        "locality_prompt": "The capital of Italy is",
+        "locality_ground_truth": "Rome",
+    }
+    for i, (s, c, n) in enumerate(
+        [("France", "Paris", "Madrid"), ("Spain", "Madrid", "Tokyo"), ("Japan", "Tokyo", "Paris")]
+    )
+]
 
 
 @pytest.fixture
@@ -125,8 +145,22 @@ def _invoke(args: list[str]):
 
 def test_cli_evaluate_base_model(tiny_dir: Path) -> None:
     out = tiny_dir / "out"
-    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"), "--n", "2",
-                      "--tasks", "builtin-commonsense", "--limit", "6", "--out", str(out)])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--n",
+            "2",
+            "--tasks",
+            "builtin-commonsense",
+            "--limit",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"] == ["M"] and summary["n"] == 2
@@ -138,11 +172,31 @@ def test_cli_evaluate_base_model(tiny_dir: Path) -> None:
 
 
 def test_cli_evaluate_errors_are_clear(tiny_dir: Path) -> None:
-    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "missing.json"),
-                      "--out", str(tiny_dir / "out")])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--dataset",
+            str(tiny_dir / "missing.json"),
+            "--out",
+            str(tiny_dir / "out"),
+        ]
+    )
     assert result.exit_code != 0 and "missing.json" in result.output
-    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"),
-                      "--tasks", "boolq", "--data-dir", str(tiny_dir), "--out", str(tiny_dir / "out")])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--tasks",
+            "boolq",
+            "--data-dir",
+            str(tiny_dir),
+            "--out",
+            str(tiny_dir / "out"),
+        ]
+    )
     assert result.exit_code != 0 and "test.json" in result.output
 
 
@@ -153,12 +207,33 @@ def test_cli_evaluate_with_adapter(tiny_dir: Path) -> None:
 
     base = load_model(str(tiny_dir / "model")).model
     spec = finetuning.FinetuneSpec(method="lora", epochs=1, batch_size=4, cutoff_len=64, compute_dtype="float32")
-    finetuning.finetune(base, tiny_tokenizer(add_bos=True), load_corpus("builtin", max_examples=8), spec,
-                        out_dir=tiny_dir / "adapter", progress=False)
+    finetuning.finetune(
+        base,
+        tiny_tokenizer(add_bos=True),
+        load_corpus("builtin", max_examples=8),
+        spec,
+        out_dir=tiny_dir / "adapter",
+        progress=False,
+    )
     out = tiny_dir / "out"
-    result = _invoke(["--model", str(tiny_dir / "model"), "--adapter", str(tiny_dir / "adapter"),
-                      "--dataset", str(tiny_dir / "edits.json"), "--tasks", "builtin-commonsense", "--limit", "4",
-                      "--activation-prompts", "4", "--out", str(out)])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--adapter",
+            str(tiny_dir / "adapter"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--tasks",
+            "builtin-commonsense",
+            "--limit",
+            "4",
+            "--activation-prompts",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"] == ["M", "Mft"]
@@ -178,17 +253,39 @@ def test_cli_evaluate_with_patch_and_adapter(tiny_dir: Path) -> None:
     edited = load_model(str(tiny_dir / "model")).model
     name = "model.layers.1.mlp.down_proj.weight"
     delta = 0.5 * torch.randn(edited.get_parameter(name).shape, generator=torch.Generator().manual_seed(0))
-    patch = editing.WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(edited), "layers": [1],
-                                                "request_ids": ["0", "1", "2"]})
+    patch = editing.WeightPatch(
+        {name: delta}, {"base_fingerprint": model_fingerprint(edited), "layers": [1], "request_ids": ["0", "1", "2"]}
+    )
     patch.save(tiny_dir / "patch")
     patch.apply(edited)
     spec = finetuning.FinetuneSpec(method="lora", epochs=1, batch_size=4, cutoff_len=64, compute_dtype="float32")
-    finetuning.finetune(edited, tiny_tokenizer(add_bos=True), load_corpus("builtin", max_examples=8), spec,
-                        out_dir=tiny_dir / "adapter", progress=False)
+    finetuning.finetune(
+        edited,
+        tiny_tokenizer(add_bos=True),
+        load_corpus("builtin", max_examples=8),
+        spec,
+        out_dir=tiny_dir / "adapter",
+        progress=False,
+    )
     out = tiny_dir / "out"
-    result = _invoke(["--model", str(tiny_dir / "model"), "--patch", str(tiny_dir / "patch"),
-                      "--adapter", str(tiny_dir / "adapter"), "--dataset", str(tiny_dir / "edits.json"),
-                      "--control", str(tiny_dir / "edits.json"), "--activation-prompts", "3", "--out", str(out)])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--patch",
+            str(tiny_dir / "patch"),
+            "--adapter",
+            str(tiny_dir / "adapter"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--control",
+            str(tiny_dir / "edits.json"),
+            "--activation-prompts",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["groups"] == ["M", "Med", "Med_ft"]
@@ -212,16 +309,28 @@ def _saved_patch(tiny_dir: Path, request_ids: list[str]) -> Path:
     model = load_model(str(tiny_dir / "model")).model
     name = "model.layers.1.mlp.down_proj.weight"
     delta = 0.1 * torch.randn(model.get_parameter(name).shape, generator=torch.Generator().manual_seed(0))
-    patch = WeightPatch({name: delta}, {"base_fingerprint": model_fingerprint(model), "layers": [1],
-                                        "request_ids": request_ids})
+    patch = WeightPatch(
+        {name: delta}, {"base_fingerprint": model_fingerprint(model), "layers": [1], "request_ids": request_ids}
+    )
     return patch.save(tiny_dir / "patch")
 
 
 def test_cli_evaluate_refuses_requests_other_than_the_patchs(tiny_dir: Path) -> None:
     # The patch edited requests 0, 1 and 9; the evaluation asks for the first two of edits.json (0, 1).
     patch = _saved_patch(tiny_dir, ["0", "1", "9"])
-    args = ["--model", str(tiny_dir / "model"), "--patch", str(patch), "--dataset", str(tiny_dir / "edits.json"),
-            "--n", "2", "--no-activations", "--out", str(tiny_dir / "out")]
+    args = [
+        "--model",
+        str(tiny_dir / "model"),
+        "--patch",
+        str(patch),
+        "--dataset",
+        str(tiny_dir / "edits.json"),
+        "--n",
+        "2",
+        "--no-activations",
+        "--out",
+        str(tiny_dir / "out"),
+    ]
     refused = _invoke(args)
     text = " ".join(refused.output.replace("│", " ").split())
     assert refused.exit_code == 2, refused.output
@@ -232,19 +341,33 @@ def test_cli_evaluate_refuses_requests_other_than_the_patchs(tiny_dir: Path) -> 
     refused = _invoke([a for a in args if a not in ("--n", "2")])
     assert refused.exit_code == 2
     assert "2 of the 3 evaluated requests are in the patch, 1 of the patch's 3 requests are not evaluated" in " ".join(
-        refused.output.replace("│", " ").split())
+        refused.output.replace("│", " ").split()
+    )
     allowed = _invoke([*args, "--allow-other-requests"])
     assert allowed.exit_code == 0, allowed.output
-    assert ("WARNING: the evaluated requests are not the ones --patch edited: 2 of the 2 evaluated requests are in "
-            "the patch, 1 of the patch's 3 requests are not evaluated; continuing because of --allow-other-requests"
-            in allowed.output)
+    assert (
+        "WARNING: the evaluated requests are not the ones --patch edited: 2 of the 2 evaluated requests are in "
+        "the patch, 1 of the patch's 3 requests are not evaluated; continuing because of --allow-other-requests"
+        in allowed.output
+    )
     assert json.loads((tiny_dir / "out" / "summary.json").read_text())["groups"] == ["M", "Med"]
 
 
 def test_cli_evaluate_accepts_the_patchs_requests_in_any_order(tiny_dir: Path) -> None:
     patch = _saved_patch(tiny_dir, ["2", "0", "1"])
-    result = _invoke(["--model", str(tiny_dir / "model"), "--patch", str(patch), "--dataset",
-                      str(tiny_dir / "edits.json"), "--no-activations", "--out", str(tiny_dir / "out")])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--patch",
+            str(patch),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--no-activations",
+            "--out",
+            str(tiny_dir / "out"),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "WARNING" not in result.output
 
@@ -252,8 +375,20 @@ def test_cli_evaluate_accepts_the_patchs_requests_in_any_order(tiny_dir: Path) -
 def test_cli_evaluate_seed_samples_like_edit(tiny_dir: Path) -> None:
     from editdecay.data import load_edit_requests
 
-    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"), "--n", "2",
-                      "--seed", "3", "--out", str(tiny_dir / "out")])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--n",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(tiny_dir / "out"),
+        ]
+    )
     assert result.exit_code == 0, result.output
     expected = [r.case_id for r in load_edit_requests(tiny_dir / "edits.json", 2, seed=3)]
     assert expected == ["0", "2"]  # a sample, not the first two
@@ -263,9 +398,26 @@ def test_cli_evaluate_seed_samples_like_edit(tiny_dir: Path) -> None:
 
 def test_cli_evaluate_generate_records_the_answer_extraction(tiny_dir: Path) -> None:
     out = tiny_dir / "out"
-    result = _invoke(["--model", str(tiny_dir / "model"), "--dataset", str(tiny_dir / "edits.json"), "--n", "1",
-                      "--tasks", "builtin-commonsense", "--limit", "2", "--mode", "generate",
-                      "--answer-extraction", "study", "--out", str(out)])
+    result = _invoke(
+        [
+            "--model",
+            str(tiny_dir / "model"),
+            "--dataset",
+            str(tiny_dir / "edits.json"),
+            "--n",
+            "1",
+            "--tasks",
+            "builtin-commonsense",
+            "--limit",
+            "2",
+            "--mode",
+            "generate",
+            "--answer-extraction",
+            "study",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["answer_extraction"] == "study"
     assert pd.read_parquet(out / "downstream.parquet")["answer_extraction"].tolist() == ["study", "study"]

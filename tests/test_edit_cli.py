@@ -28,9 +28,10 @@ def tiny_dir(tmp_path):
 
 @pytest.fixture
 def edits_file(tmp_path):
-    records = [{"case_id": f"c{i}", "subject": s, "template": "The capital of {} is", "target_new": new,
-                "target_true": true} for i, (s, new, true) in enumerate([("France", "Rome", "Paris"),
-                                                                          ("Italy", "Berlin", "Rome")])]
+    records = [
+        {"case_id": f"c{i}", "subject": s, "template": "The capital of {} is", "target_new": new, "target_true": true}
+        for i, (s, new, true) in enumerate([("France", "Rome", "Paris"), ("Italy", "Berlin", "Rome")])
+    ]
     path = tmp_path / "edits.json"
     path.write_text(json.dumps(records))
     return path
@@ -39,10 +40,35 @@ def edits_file(tmp_path):
 def test_edit_writes_a_patch_and_a_summary(tmp_path, tiny_dir, edits_file) -> None:
     corpus = write_corpus(tmp_path)
     out = tmp_path / "out"
-    args = ["edit", "--model", str(tiny_dir), "--editor", "alphaedit", "--dataset", str(edits_file), "--n", "2",
-            "--out", str(out), "--layers", "1-2", "--corpus", str(corpus), "--tokens", "2500",
-            "--stats-dir", str(tmp_path / "stats"), "--set", "v_num_grad_steps=3", "--set", "mom2_max_length=64",
-            "--set", "context_template_count=1", "--editor-seed", "5"]
+    args = [
+        "edit",
+        "--model",
+        str(tiny_dir),
+        "--editor",
+        "alphaedit",
+        "--dataset",
+        str(edits_file),
+        "--n",
+        "2",
+        "--out",
+        str(out),
+        "--layers",
+        "1-2",
+        "--corpus",
+        str(corpus),
+        "--tokens",
+        "2500",
+        "--stats-dir",
+        str(tmp_path / "stats"),
+        "--set",
+        "v_num_grad_steps=3",
+        "--set",
+        "mom2_max_length=64",
+        "--set",
+        "context_template_count=1",
+        "--editor-seed",
+        "5",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Edited 2 requests with alphaedit into layers [1, 2]" in result.output
@@ -54,22 +80,53 @@ def test_edit_writes_a_patch_and_a_summary(tmp_path, tiny_dir, edits_file) -> No
     assert {"statistics", "targets", "solve", "total"} <= set(summary["timings"])
     assert summary["hparams"]["v_num_grad_steps"] == 3 and summary["nullspace"]["1"]["total"] == 64
 
-    stats = CliRunner().invoke(app, ["stats", "--model", str(tiny_dir), "--layers", "1,2", "--corpus", str(corpus),
-                                     "--tokens", "2500", "--max-length", "64", "--stats-dir", str(tmp_path / "stats")])
+    stats = CliRunner().invoke(
+        app,
+        [
+            "stats",
+            "--model",
+            str(tiny_dir),
+            "--layers",
+            "1,2",
+            "--corpus",
+            str(corpus),
+            "--tokens",
+            "2500",
+            "--max-length",
+            "64",
+            "--stats-dir",
+            str(tmp_path / "stats"),
+        ],
+    )
     assert stats.exit_code == 0, stats.output
     assert "layer   1: 2500 tokens" in stats.output and "layer   2: 2500 tokens" in stats.output
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--n", "5"], "Asked for 5 edit requests"),
-    (["--editor", "rome"], "choose one of memit, alphaedit"),
-    (["--layers", "1,9"], "outside the model"),
-    (["--set", "v_lr"], "expected key=value"),
-    (["--set", "v_lr=-1"], "v_lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n", "5"], "Asked for 5 edit requests"),
+        (["--editor", "rome"], "choose one of memit, alphaedit"),
+        (["--layers", "1,9"], "outside the model"),
+        (["--set", "v_lr"], "expected key=value"),
+        (["--set", "v_lr=-1"], "v_lr must be > 0"),
+    ],
+)
 def test_bad_input_is_reported_without_a_traceback(tmp_path, tiny_dir, edits_file, extra, message) -> None:
-    args = ["edit", "--model", str(tiny_dir), "--dataset", str(edits_file), "--out", str(tmp_path / "out"),
-            "--corpus", str(write_corpus(tmp_path)), "--stats-dir", str(tmp_path / "stats"), *extra]
+    args = [
+        "edit",
+        "--model",
+        str(tiny_dir),
+        "--dataset",
+        str(edits_file),
+        "--out",
+        str(tmp_path / "out"),
+        "--corpus",
+        str(write_corpus(tmp_path)),
+        "--stats-dir",
+        str(tmp_path / "stats"),
+        *extra,
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
@@ -79,14 +136,32 @@ def test_bad_input_is_reported_without_a_traceback(tmp_path, tiny_dir, edits_fil
 def test_stats_defaults_are_the_statistics_edit_uses(tmp_path, tiny_dir, edits_file) -> None:
     """Without --layers/--tokens/--max-length, `stats` computes exactly what `edit` then loads."""
     corpus, stats_dir = write_corpus(tmp_path, documents=150), tmp_path / "stats"
-    stats = CliRunner().invoke(app, ["stats", "--model", str(tiny_dir), "--corpus", str(corpus),
-                                     "--stats-dir", str(stats_dir)])
+    stats = CliRunner().invoke(
+        app, ["stats", "--model", str(tiny_dir), "--corpus", str(corpus), "--stats-dir", str(stats_dir)]
+    )
     assert stats.exit_code == 0, stats.output
     computed = sorted(stats_dir.rglob("*.safetensors"))
     assert computed
-    edit = CliRunner().invoke(app, ["edit", "--model", str(tiny_dir), "--dataset", str(edits_file), "--n", "2",
-                                    "--out", str(tmp_path / "out"), "--corpus", str(corpus),
-                                    "--stats-dir", str(stats_dir), "--set", "v_num_grad_steps=2"])
+    edit = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            "--model",
+            str(tiny_dir),
+            "--dataset",
+            str(edits_file),
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--corpus",
+            str(corpus),
+            "--stats-dir",
+            str(stats_dir),
+            "--set",
+            "v_num_grad_steps=2",
+        ],
+    )
     assert edit.exit_code == 0, edit.output
     assert sorted(stats_dir.rglob("*.safetensors")) == computed  # every statistic the edit needed was cached
 
@@ -102,9 +177,19 @@ class _RecordingEditor:
         fingerprint = context.fingerprint
         name = "model.layers.1.mlp.down_proj.weight"
         delta = torch.zeros(model.get_parameter(name).shape)
-        return WeightPatch({name: delta}, {"base_fingerprint": fingerprint, "layers": [1],
-                                           "request_ids": [r.case_id for r in requests], "update_norms": {"1": 0.0},
-                                           "timings": {}, "statistics": {}, "batches": [], "hparams": {}})
+        return WeightPatch(
+            {name: delta},
+            {
+                "base_fingerprint": fingerprint,
+                "layers": [1],
+                "request_ids": [r.case_id for r in requests],
+                "update_norms": {"1": 0.0},
+                "timings": {},
+                "statistics": {},
+                "batches": [],
+                "hparams": {},
+            },
+        )
 
 
 @pytest.fixture
@@ -118,11 +203,26 @@ def recording_editor(monkeypatch) -> _RecordingEditor:
 
 @pytest.fixture
 def zsre_file(tmp_path):
-    records = [{"case_id": i, "subject": s, "src": f"What is the capital of {s}?", "answers": [gold], "alt": alt,
-                "rephrase": f"Which city is the capital of {s}?", "loc": "nq question: who wrote hamlet",
-                "loc_ans": "Shakespeare"}
-               for i, (s, gold, alt) in enumerate([("France", "Paris", "Rome"), ("Italy", "Rome", "Berlin"),
-                                                   ("Spain", "Madrid", "Tokyo"), ("Japan", "Tokyo", "Paris")])]
+    records = [
+        {
+            "case_id": i,
+            "subject": s,
+            "src": f"What is the capital of {s}?",
+            "answers": [gold],
+            "alt": alt,
+            "rephrase": f"Which city is the capital of {s}?",
+            "loc": "nq question: who wrote hamlet",
+            "loc_ans": "Shakespeare",
+        }
+        for i, (s, gold, alt) in enumerate(
+            [
+                ("France", "Paris", "Rome"),
+                ("Italy", "Rome", "Berlin"),
+                ("Spain", "Madrid", "Tokyo"),
+                ("Japan", "Tokyo", "Paris"),
+            ]
+        )
+    ]
     path = tmp_path / "zsre.json"
     path.write_text(json.dumps(records))
     return path
@@ -159,8 +259,9 @@ def test_edit_zsre_target_is_passed_to_the_loader(tmp_path, tiny_dir, zsre_file,
     assert len(recording_editor.calls) == 2
 
 
-def test_set_keys_are_checked_and_hparams_files_stay_lenient(tmp_path, tiny_dir, zsre_file, monkeypatch,
-                                                            caplog) -> None:
+def test_set_keys_are_checked_and_hparams_files_stay_lenient(
+    tmp_path, tiny_dir, zsre_file, monkeypatch, caplog
+) -> None:
     import editdecay.editing
 
     real_build, recording, built = editdecay.editing.build_editor, _RecordingEditor(), []
@@ -171,8 +272,17 @@ def test_set_keys_are_checked_and_hparams_files_stay_lenient(tmp_path, tiny_dir,
 
     monkeypatch.setattr(editdecay.editing, "build_editor", build)
     hparams = tmp_path / "memit-gpt2-xl.json"
-    hparams.write_text(json.dumps({"alg_name": "MEMIT", "model_name": "gpt2-xl", "v_lr": 0.25,
-                                   "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj", "legacy_knob": 3}))
+    hparams.write_text(
+        json.dumps(
+            {
+                "alg_name": "MEMIT",
+                "model_name": "gpt2-xl",
+                "v_lr": 0.25,
+                "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
+                "legacy_knob": 3,
+            }
+        )
+    )
     base = ["edit", "--model", str(tiny_dir), "--dataset", str(zsre_file), "--n", "1"]
     with caplog.at_level(logging.INFO, logger="editdecay.editing.hparams"):
         ok = CliRunner().invoke(app, [*base, "--hparams", str(hparams), "--out", str(tmp_path / "ok")])

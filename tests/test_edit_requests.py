@@ -24,8 +24,10 @@ def rome_record(case_id: int = 7) -> dict[str, Any]:
             "target_true": {"str": "French", "id": "Q150"},
             "subject": "Danielle Darrieux",
         },
-        "paraphrase_prompts": ["Shayna does this. Danielle Darrieux spoke the language",
-                               "Danielle Darrieux's mother tongue is"],
+        "paraphrase_prompts": [
+            "Shayna does this. Danielle Darrieux spoke the language",
+            "Danielle Darrieux's mother tongue is",
+        ],
         "neighborhood_prompts": ["Michel Rocard is a native speaker of", "Louis Bonaparte, speaker of"],
         "attribute_prompts": ["J. R. R. Tolkien is a native speaker of"],
         "generation_prompts": ["Danielle Darrieux's mother tongue is"],
@@ -68,8 +70,10 @@ def builtin_record(case_id: str = "capital-0") -> dict[str, Any]:
         "target_new": "Rome",
         "relation": "capital",
         "paraphrases": ["{}'s capital city is", "The seat of government of {} is in"],
-        "neighborhood": [{"prompt": "The Eiffel Tower is in", "answer": "Paris"},
-                         {"prompt": "The Louvre is located in"}],
+        "neighborhood": [
+            {"prompt": "The Eiffel Tower is in", "answer": "Paris"},
+            {"prompt": "The Louvre is located in"},
+        ],
     }
 
 
@@ -95,13 +99,22 @@ def test_rome_format(tmp_path):
     path = write_json(tmp_path / "cf.json", [rome_record()])
     [request] = load_edit_requests(path)
     assert request == EditRequest(
-        case_id="7", subject="Danielle Darrieux", template="The mother tongue of {} is", target_new="English",
+        case_id="7",
+        subject="Danielle Darrieux",
+        template="The mother tongue of {} is",
+        target_new="English",
         target_true="French",
-        paraphrase_prompts=("Shayna does this. Danielle Darrieux spoke the language",
-                            "Danielle Darrieux's mother tongue is"),
-        neighborhood=(LocalityPrompt("Michel Rocard is a native speaker of", "French"),
-                      LocalityPrompt("Louis Bonaparte, speaker of", "French")),
-        relation_id="P103", source=str(path), metric_family="counterfact",
+        paraphrase_prompts=(
+            "Shayna does this. Danielle Darrieux spoke the language",
+            "Danielle Darrieux's mother tongue is",
+        ),
+        neighborhood=(
+            LocalityPrompt("Michel Rocard is a native speaker of", "French"),
+            LocalityPrompt("Louis Bonaparte, speaker of", "French"),
+        ),
+        relation_id="P103",
+        source=str(path),
+        metric_family="counterfact",
     )
     assert request.prompt == "The mother tongue of Danielle Darrieux is"
 
@@ -110,11 +123,16 @@ def test_easyedit_format(tmp_path):
     path = write_json(tmp_path / "cf.json", [easyedit_record()])
     [request] = load_edit_requests(path)
     assert request == EditRequest(
-        case_id="0", subject="Danielle Darrieux", template="The mother tongue of {} is", target_new="English",
+        case_id="0",
+        subject="Danielle Darrieux",
+        template="The mother tongue of {} is",
+        target_new="English",
         target_true="French",
         paraphrase_prompts=("Where Danielle Darrieux is from, people speak the language of",),
         neighborhood=(LocalityPrompt("Michel Rocard is a native speaker of", "French"),),
-        relation_id=None, source=str(path), metric_family="counterfact",
+        relation_id=None,
+        source=str(path),
+        metric_family="counterfact",
     )
     record = easyedit_record()
     del record["locality_ground_truth"]  # CounterFact neighbors share the true object
@@ -126,10 +144,16 @@ def test_zsre_format_answers_and_alt(tmp_path):
     path = write_json(tmp_path / "zsre.json", [zsre_record()])
     [memit] = load_edit_requests(path)
     assert memit == EditRequest(
-        case_id="0", subject="UniFirst", template="What is the product made by {}?", target_new="uniform",
-        target_true=None, paraphrase_prompts=("What will be the product of UniFirst?",),
+        case_id="0",
+        subject="UniFirst",
+        template="What is the product made by {}?",
+        target_new="uniform",
+        target_true=None,
+        paraphrase_prompts=("What will be the product of UniFirst?",),
         neighborhood=(LocalityPrompt("nq question: john goodman's character in the big lebowski?", "Walter Sobchak"),),
-        relation_id=None, source=str(path), metric_family="zsre",
+        relation_id=None,
+        source=str(path),
+        metric_family="zsre",
     )
     assert memit.extra == {"pred": "uniform"}
     [alt] = load_edit_requests(path, zsre_target="alt")
@@ -144,11 +168,19 @@ def test_builtin_format_from_a_file(tmp_path):
     path = write_json(tmp_path / "suite.json", [builtin_record()])
     [request] = load_edit_requests(path)
     assert request == EditRequest(
-        case_id="capital-0", subject="France", template="The capital of {} is", target_new="Rome",
-        target_true="Paris", paraphrase_prompts=("France's capital city is", "The seat of government of France is in"),
-        neighborhood=(LocalityPrompt("The Eiffel Tower is in", "Paris"),
-                      LocalityPrompt("The Louvre is located in", "Paris")),
-        relation_id="capital", source=str(path), metric_family="counterfact",
+        case_id="capital-0",
+        subject="France",
+        template="The capital of {} is",
+        target_new="Rome",
+        target_true="Paris",
+        paraphrase_prompts=("France's capital city is", "The seat of government of France is in"),
+        neighborhood=(
+            LocalityPrompt("The Eiffel Tower is in", "Paris"),
+            LocalityPrompt("The Louvre is located in", "Paris"),
+        ),
+        relation_id="capital",
+        source=str(path),
+        metric_family="counterfact",
     )
 
 
@@ -169,6 +201,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         for key in parents:
             record = record[key]
         record[last] = value
+
     return mutate
 
 
@@ -178,6 +211,7 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         for key in parents:
             record = record[key]
         del record[last]
+
     return mutate
 
 
@@ -200,20 +234,40 @@ MALFORMED = [
     ("counterfact-rome", _set("requested_rewrite", "x"), "requested_rewrite", "missing or not an object"),
     ("counterfact-rome", _drop("requested_rewrite.subject"), "requested_rewrite.subject", "missing"),
     ("counterfact-rome", _set("requested_rewrite.subject", ""), "requested_rewrite.subject", "empty"),
-    ("counterfact-rome", _set("requested_rewrite.prompt", "The {} of {} is"), "requested_rewrite.prompt",
-     "exactly one '{}'"),
-    ("counterfact-rome", _set("requested_rewrite.prompt", "The mother tongue is"), "requested_rewrite.prompt",
-     "exactly one '{}'"),
-    ("counterfact-rome", _set("requested_rewrite.prompt", "The {0} of {name}"), "requested_rewrite.prompt",
-     "exactly one '{}'"),
+    (
+        "counterfact-rome",
+        _set("requested_rewrite.prompt", "The {} of {} is"),
+        "requested_rewrite.prompt",
+        "exactly one '{}'",
+    ),
+    (
+        "counterfact-rome",
+        _set("requested_rewrite.prompt", "The mother tongue is"),
+        "requested_rewrite.prompt",
+        "exactly one '{}'",
+    ),
+    (
+        "counterfact-rome",
+        _set("requested_rewrite.prompt", "The {0} of {name}"),
+        "requested_rewrite.prompt",
+        "exactly one '{}'",
+    ),
     ("counterfact-rome", _set("requested_rewrite.prompt", "The {} of {"), "requested_rewrite.prompt", "bad template"),
     ("counterfact-rome", _set("requested_rewrite.prompt", "The {} is}"), "requested_rewrite.prompt", "bad template"),
     ("counterfact-rome", _drop("requested_rewrite.target_new.str"), "requested_rewrite.target_new.str", "missing"),
     ("counterfact-rome", _set("requested_rewrite.target_new.str", " "), "requested_rewrite.target_new.str", "empty"),
-    ("counterfact-rome", _set("requested_rewrite.target_true", "French"), "requested_rewrite.target_true",
-     "not an object"),
-    ("counterfact-rome", _set("requested_rewrite.relation_id", 103), "requested_rewrite.relation_id",
-     "expected a string"),
+    (
+        "counterfact-rome",
+        _set("requested_rewrite.target_true", "French"),
+        "requested_rewrite.target_true",
+        "not an object",
+    ),
+    (
+        "counterfact-rome",
+        _set("requested_rewrite.relation_id", 103),
+        "requested_rewrite.relation_id",
+        "expected a string",
+    ),
     ("counterfact-rome", _set("neighborhood_prompts", {"a": 1}), "neighborhood_prompts", "list of strings"),
     ("counterfact-rome", _set("paraphrase_prompts", [None]), "paraphrase_prompts", "list of strings"),
     ("zsre", _drop("subject"), "subject", "missing"),
@@ -236,8 +290,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("fmt", "mutate", "field_name", "problem"), MALFORMED,
-                         ids=[f"{m[0]}:{m[2]}:{m[3]}"[:60] for m in MALFORMED])
+@pytest.mark.parametrize(
+    ("fmt", "mutate", "field_name", "problem"), MALFORMED, ids=[f"{m[0]}:{m[2]}:{m[3]}"[:60] for m in MALFORMED]
+)
 def test_malformed_records_name_file_record_and_field(tmp_path, fmt, mutate, field_name, problem):
     good, bad = MAKERS[fmt](), MAKERS[fmt]()
     good["case_id"], bad["case_id"] = "first", "second"
@@ -263,7 +318,8 @@ def test_zsre_loc_question_is_scored_with_a_question_mark(tmp_path):
     asked = dict(record, case_id=1, loc="who wrote the iliad?")
     [plain, marked] = load_edit_requests(write_json(tmp_path / "z.json", [record, asked]))
     assert plain.neighborhood == (
-        LocalityPrompt("nq question: john goodman's character in the big lebowski?", "Walter Sobchak"),)
+        LocalityPrompt("nq question: john goodman's character in the big lebowski?", "Walter Sobchak"),
+    )
     assert marked.neighborhood == (LocalityPrompt("who wrote the iliad?", "Walter Sobchak"),)
 
 
@@ -402,11 +458,16 @@ def test_shared_counterfact_rome_500(shared_data):
     for request in shared:
         other = easyedit[request.case_id]
         assert (request.prompt, request.target_new, request.target_true) == (
-            other.prompt, other.target_new, other.target_true)
+            other.prompt,
+            other.target_new,
+            other.target_true,
+        )
 
 
-@pytest.mark.parametrize(("name", "count"), [("zsre_mend_eval_portability_gpt4.json", 1037),
-                                             ("zsre_mend_train-1k.json", 1000), ("zsre-sample-200.json", 200)])
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [("zsre_mend_eval_portability_gpt4.json", 1037), ("zsre_mend_train-1k.json", 1000), ("zsre-sample-200.json", 200)],
+)
 def test_shared_zsre(shared_data, name, count):
     path = shared_data / "zsre" / name
     raw = json.loads(path.read_text(encoding="utf-8"))

@@ -63,8 +63,9 @@ def _bigram() -> tuple[BigramLM, np.ndarray]:
 def test_continuation_scores_exact_on_handmade_logprobs(batch_size: int) -> None:
     model, p = _bigram()
     pairs = [((1, 2), (3,)), ((1, 2), (4, 5)), ((5, 1, 2), (4, 5)), ((2,), (3, 1))]
-    scores, answers = score_continuations(model, 0, pairs, greedy={(1, 2): 3, (2,): 1}, batch_size=batch_size,
-                                          progress=False)
+    scores, answers = score_continuations(
+        model, 0, pairs, greedy={(1, 2): 3, (2,): 1}, batch_size=batch_size, progress=False
+    )
     single_token, two_token, longer_context, last = scores
     assert single_token.logprobs == pytest.approx((math.log(p[2, 3]),), abs=1e-6)
     assert single_token.argmax == (3,) and single_token.exact and single_token.token_accuracy == 1.0
@@ -77,8 +78,7 @@ def test_continuation_scores_exact_on_handmade_logprobs(batch_size: int) -> None
     # Greedy answers continue from the contexts' caches: 2 -> 3 (tie resolved to the first), 3 -> 1,
     # 1 -> 0 (a uniform row: the first index); a fresh prefill (greedy_generate) agrees.
     assert answers == {(1, 2): (3, 1, 0), (2,): (3,)}
-    assert greedy_generate(model, 0, [(1, 2), (2,)], [3, 1], batch_size=batch_size, progress=False) == [
-        (3, 1, 0), (3,)]
+    assert greedy_generate(model, 0, [(1, 2), (2,)], [3, 1], batch_size=batch_size, progress=False) == [(3, 1, 0), (3,)]
     with pytest.raises(ValueError, match="no continuation to score"):
         score_continuations(model, 0, pairs, greedy={(7,): 1}, progress=False)
 
@@ -89,24 +89,47 @@ def test_token_scores_properties() -> None:
     assert scores.token_accuracy == pytest.approx(2 / 3) and not scores.exact
 
 
-def _row(case: str, kind: str, nll_new: float, nll_true: float | None, *, family: str = "counterfact",
-         exact_new: bool = False, exact_true: bool | None = False, acc_new: float = 0.0, acc_true: float = 0.0,
-         greedy: str = " x", index: int = 0) -> dict:
-    return {"case_id": case, "kind": kind, "prompt_index": index, "metric_family": family, "target_new": "N",
-            "target_true": None if nll_true is None else "T", "nll_new": nll_new,
-            "nll_true": math.nan if nll_true is None else nll_true, "prob_new": math.exp(-nll_new),
-            "prob_true": math.nan if nll_true is None else math.exp(-nll_true), "exact_new": exact_new,
-            "exact_true": exact_true, "token_acc_new": acc_new, "token_acc_true": acc_true, "greedy": greedy}
+def _row(
+    case: str,
+    kind: str,
+    nll_new: float,
+    nll_true: float | None,
+    *,
+    family: str = "counterfact",
+    exact_new: bool = False,
+    exact_true: bool | None = False,
+    acc_new: float = 0.0,
+    acc_true: float = 0.0,
+    greedy: str = " x",
+    index: int = 0,
+) -> dict:
+    return {
+        "case_id": case,
+        "kind": kind,
+        "prompt_index": index,
+        "metric_family": family,
+        "target_new": "N",
+        "target_true": None if nll_true is None else "T",
+        "nll_new": nll_new,
+        "nll_true": math.nan if nll_true is None else nll_true,
+        "prob_new": math.exp(-nll_new),
+        "prob_true": math.nan if nll_true is None else math.exp(-nll_true),
+        "exact_new": exact_new,
+        "exact_true": exact_true,
+        "token_acc_new": acc_new,
+        "token_acc_true": acc_true,
+        "greedy": greedy,
+    }
 
 
 def _handmade_counterfact() -> pd.DataFrame:
     rows = [
         _row("a", "rewrite", 1.0, 2.0, exact_new=True, greedy=" N"),  # success
-        _row("a", "paraphrase", 2.0, 2.0, index=0),                     # tie: failure
-        _row("a", "paraphrase", 0.5, 3.0, index=1),                     # success
-        _row("a", "neighborhood", 1.0, 0.5, exact_true=True),           # true wins: success
-        _row("a", "neighborhood", 1.0, 1.0, index=1),                   # tie: failure
-        _row("b", "rewrite", 3.0, 1.0, greedy=" T"),                    # failure; no paraphrases
+        _row("a", "paraphrase", 2.0, 2.0, index=0),  # tie: failure
+        _row("a", "paraphrase", 0.5, 3.0, index=1),  # success
+        _row("a", "neighborhood", 1.0, 0.5, exact_true=True),  # true wins: success
+        _row("a", "neighborhood", 1.0, 1.0, index=1),  # tie: failure
+        _row("b", "rewrite", 3.0, 1.0, greedy=" T"),  # failure; no paraphrases
         _row("b", "neighborhood", 2.0, 1.0),
     ]
     table = pd.DataFrame(rows)
@@ -153,8 +176,9 @@ def test_zsre_rule_is_token_accuracy_and_neighborhood_uses_loc_answer() -> None:
 
 
 def test_summary_rejects_mixed_families() -> None:
-    table = pd.concat([_handmade_counterfact(),
-                       pd.DataFrame([_row("z", "rewrite", 0.3, None, family="zsre", acc_new=1.0)])])
+    table = pd.concat(
+        [_handmade_counterfact(), pd.DataFrame([_row("z", "rewrite", 0.3, None, family="zsre", acc_new=1.0)])]
+    )
     table["success"] = success_flags(table)
     with pytest.raises(ValueError, match="one metric family"):
         summarize_edit_metrics(edit_metrics(table))
@@ -162,24 +186,63 @@ def test_summary_rejects_mixed_families() -> None:
 
 def test_neighborhood_agreement_counts_matching_argmax_positions() -> None:
     def table(argmax: list[list[int]]) -> pd.DataFrame:
-        return pd.DataFrame([{"case_id": "z", "kind": "neighborhood", "prompt_index": i, "target_true_ids": [1, 2],
-                              "argmax_true_ids": a} for i, a in enumerate(argmax)]
-                            + [{"case_id": "y", "kind": "rewrite", "prompt_index": 0, "target_true_ids": [],
-                                "argmax_true_ids": []}])
+        return pd.DataFrame(
+            [
+                {
+                    "case_id": "z",
+                    "kind": "neighborhood",
+                    "prompt_index": i,
+                    "target_true_ids": [1, 2],
+                    "argmax_true_ids": a,
+                }
+                for i, a in enumerate(argmax)
+            ]
+            + [{"case_id": "y", "kind": "rewrite", "prompt_index": 0, "target_true_ids": [], "argmax_true_ids": []}]
+        )
+
     agreement = neighborhood_agreement(table([[1, 5], [7, 7]]), table([[1, 2], [7, 7]]))
     assert agreement.set_index("case_id")["ns_agreement"].loc["z"] == pytest.approx((0.5 + 1.0) / 2)
     assert math.isnan(agreement.set_index("case_id")["ns_agreement"].loc["y"])
 
 
 REQUESTS = [
-    EditRequest("0", "France", "The capital of {} is", "Rome", "Paris", ("France's capital city is",),
-                (LocalityPrompt("The capital of Italy is", "Rome"),)),
-    EditRequest("1", "Spain", "The capital of {} is", " Berlin London", "Madrid", (),
-                (LocalityPrompt("The capital of Germany is", "Berlin"), LocalityPrompt("Toyota is based in", "Tokyo"))),
-    EditRequest("2", "Lionel Messi", "{} plays", "basketball", "soccer", ("The sport of Lionel Messi is",
-                "Lionel Messi is a professional"), ()),
-    EditRequest("3", "Danielle Darrieux", "The mother tongue of {} is", "English", None, ("Danielle Darrieux speaks",),
-                (LocalityPrompt("Thomas Joannes Stieltjes speaks", "Dutch"),), metric_family="zsre"),
+    EditRequest(
+        "0",
+        "France",
+        "The capital of {} is",
+        "Rome",
+        "Paris",
+        ("France's capital city is",),
+        (LocalityPrompt("The capital of Italy is", "Rome"),),
+    ),
+    EditRequest(
+        "1",
+        "Spain",
+        "The capital of {} is",
+        " Berlin London",
+        "Madrid",
+        (),
+        (LocalityPrompt("The capital of Germany is", "Berlin"), LocalityPrompt("Toyota is based in", "Tokyo")),
+    ),
+    EditRequest(
+        "2",
+        "Lionel Messi",
+        "{} plays",
+        "basketball",
+        "soccer",
+        ("The sport of Lionel Messi is", "Lionel Messi is a professional"),
+        (),
+    ),
+    EditRequest(
+        "3",
+        "Danielle Darrieux",
+        "The mother tongue of {} is",
+        "English",
+        None,
+        ("Danielle Darrieux speaks",),
+        (LocalityPrompt("Thomas Joannes Stieltjes speaks", "Dutch"),),
+        metric_family="zsre",
+    ),
 ]
 
 
@@ -191,8 +254,10 @@ def _reference(model: nn.Module, tokenizer, prompt: str, target: str) -> tuple[l
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     positions = range(len(context) - 1, len(context) - 1 + len(target_ids))
-    return ([float(logp[p, t]) for p, t in zip(positions, target_ids, strict=True)],
-            [int(logp[p].argmax()) for p in positions])
+    return (
+        [float(logp[p, t]) for p, t in zip(positions, target_ids, strict=True)],
+        [int(logp[p].argmax()) for p in positions],
+    )
 
 
 def _reference_greedy(model: nn.Module, tokenizer, prompt: str, n: int) -> list[int]:
@@ -228,8 +293,9 @@ def test_batched_equals_single_and_reference(arch: str, side: str) -> None:
         if isinstance(row.target_true, str):
             true_logprobs, _ = _reference(model, tokenizer, row.prompt, row.target_true)
             assert row.nll_true == pytest.approx(-sum(true_logprobs) / len(true_logprobs), abs=1e-5)
-        assert list(row.greedy_ids) == _reference_greedy(model, tokenizer, row.prompt,
-                                                         max(row.n_tokens_new, row.n_tokens_true))
+        assert list(row.greedy_ids) == _reference_greedy(
+            model, tokenizer, row.prompt, max(row.n_tokens_new, row.n_tokens_true)
+        )
 
 
 def test_rows_targets_and_families() -> None:
@@ -245,9 +311,22 @@ def test_rows_targets_and_families() -> None:
     np.testing.assert_allclose(prob, np.exp(-table["nll_new"].to_numpy()))
     # A target with or without its leading space scores the same.
     spaced = score_edits(model, tokenizer, [REQUESTS[0]], progress=False)
-    bare = score_edits(model, tokenizer, [EditRequest("0", "France", "The capital of {} is", " Rome", " Paris",
-                                                      REQUESTS[0].paraphrase_prompts, REQUESTS[0].neighborhood)],
-                       progress=False)
+    bare = score_edits(
+        model,
+        tokenizer,
+        [
+            EditRequest(
+                "0",
+                "France",
+                "The capital of {} is",
+                " Rome",
+                " Paris",
+                REQUESTS[0].paraphrase_prompts,
+                REQUESTS[0].neighborhood,
+            )
+        ],
+        progress=False,
+    )
     np.testing.assert_allclose(spaced["nll_new"], bare["nll_new"], atol=1e-6)
 
 

@@ -24,21 +24,40 @@ from editdecay.finetuning import (
     split_validation,
     tokenize_example,
 )
+from editdecay.finetuning import finetune_run as runner_module
 from editdecay.finetuning import loop as loop_module
-from editdecay.finetuning import runner as runner_module
 from editdecay.finetuning.collate import IGNORE_INDEX, epoch_batches
 from editdecay.finetuning.loop import learning_rate, plan_steps
 from editdecay.models import model_fingerprint
 from tiny import tiny_model, tiny_tokenizer
 
 EXAMPLES = [
-    InstructionExample(f"Is {a} more than {b}?", "", f"the correct answer is {'true' if a > b else 'false'}",
-                       "true" if a > b else "false")
-    for a, b in [(17, 4), (3, 9), (12, 2), (5, 8), (20, 1), (6, 7), (9, 3), (2, 14), (11, 10), (4, 13), (15, 5),
-                 (1, 19)]
+    InstructionExample(
+        f"Is {a} more than {b}?",
+        "",
+        f"the correct answer is {'true' if a > b else 'false'}",
+        "true" if a > b else "false",
+    )
+    for a, b in [
+        (17, 4),
+        (3, 9),
+        (12, 2),
+        (5, 8),
+        (20, 1),
+        (6, 7),
+        (9, 3),
+        (2, 14),
+        (11, 10),
+        (4, 13),
+        (15, 5),
+        (1, 19),
+    ]
 ]
-LLAMA_ALL = [f"model.layers.{i}.{m}" for i in range(4) for m in
-             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")]
+LLAMA_ALL = [
+    f"model.layers.{i}.{m}"
+    for i in range(4)
+    for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")
+]
 
 
 @pytest.fixture(autouse=True)
@@ -51,15 +70,29 @@ def _one_thread():
 
 
 def _spec(**overrides) -> FinetuneSpec:
-    base = {"method": "lora", "epochs": 1, "batch_size": 4, "cutoff_len": 112, "compute_dtype": "float32",
-            "warmup_ratio": 0.0, "lr": 1e-2}
+    base = {
+        "method": "lora",
+        "epochs": 1,
+        "batch_size": 4,
+        "cutoff_len": 112,
+        "compute_dtype": "float32",
+        "warmup_ratio": 0.0,
+        "lr": 1e-2,
+    }
     return FinetuneSpec(**(base | overrides))
 
 
 def _run(tmp_path: Path, name: str, spec: FinetuneSpec, model=None, **kwargs) -> tuple[FinetuneResult, torch.nn.Module]:
     model = model if model is not None else tiny_model("llama")
-    result = finetune(model, tiny_tokenizer(add_bos=True), kwargs.pop("examples", EXAMPLES), spec,
-                      out_dir=tmp_path / name, progress=False, **kwargs)
+    result = finetune(
+        model,
+        tiny_tokenizer(add_bos=True),
+        kwargs.pop("examples", EXAMPLES),
+        spec,
+        out_dir=tmp_path / name,
+        progress=False,
+        **kwargs,
+    )
     return result, model
 
 
@@ -69,6 +102,7 @@ def _result_tensors(result: FinetuneResult) -> dict[str, torch.Tensor]:
 
 
 # --- layer policies and module resolution -------------------------------------------------------------------
+
 
 def test_layer_policies_resolve_exact_module_names() -> None:
     model = tiny_model("llama")
@@ -92,20 +126,24 @@ def test_resolution_prints_per_block_counts(capsys) -> None:
 
 
 def test_gpt2_fused_qkv_is_listed_once() -> None:
-    names = resolve_trainable_modules(tiny_model("gpt2"), _spec(layers=[1], targets=("q", "k", "v", "down")),
-                                      verbose=False)
+    names = resolve_trainable_modules(
+        tiny_model("gpt2"), _spec(layers=[1], targets=("q", "k", "v", "down")), verbose=False
+    )
     assert names == ["transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"]
 
 
-@pytest.mark.parametrize(("arch", "spec", "edited", "message"), [
-    ("gpt2", _spec(targets=("q", "gate")), None, "Target 'gate' matches nothing in block 0"),
-    ("llama", _spec(targets=("mlp.nope",)), None, "no module 'model.layers.0.mlp.nope'"),
-    ("llama", _spec(targets=("input_layernorm",)), None, "only linear layers"),
-    ("llama", _spec(layers=[2, 7]), None, "outside the model"),
-    ("llama", _spec(layers="edited"), None, "needs the edited layers"),
-    ("llama", _spec(layers="non_edited"), [0, 1, 2, 3], "selects nothing"),
-    ("llama", _spec(layers="edited"), [9], "outside the model"),
-])
+@pytest.mark.parametrize(
+    ("arch", "spec", "edited", "message"),
+    [
+        ("gpt2", _spec(targets=("q", "gate")), None, "Target 'gate' matches nothing in block 0"),
+        ("llama", _spec(targets=("mlp.nope",)), None, "no module 'model.layers.0.mlp.nope'"),
+        ("llama", _spec(targets=("input_layernorm",)), None, "only linear layers"),
+        ("llama", _spec(layers=[2, 7]), None, "outside the model"),
+        ("llama", _spec(layers="edited"), None, "needs the edited layers"),
+        ("llama", _spec(layers="non_edited"), [0, 1, 2, 3], "selects nothing"),
+        ("llama", _spec(layers="edited"), [9], "outside the model"),
+    ],
+)
 def test_requests_that_match_nothing_fail_loudly(arch: str, spec: FinetuneSpec, edited, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_trainable_modules(tiny_model(arch), spec, edited, verbose=False)
@@ -143,6 +181,7 @@ def test_cli_defaults_match_the_spec() -> None:
 
 
 # --- tokenization and batching ------------------------------------------------------------------------------
+
 
 def test_tokenization_masks_the_prompt_and_cuts_at_cutoff() -> None:
     tokenizer = tiny_tokenizer(add_bos=True)
@@ -186,6 +225,7 @@ def test_validation_split_is_seeded_and_disjoint() -> None:
 
 # --- methods --------------------------------------------------------------------------------------------------
 
+
 def test_full_finetune_edited_policy_changes_only_chosen_blocks(tmp_path: Path) -> None:
     base = tiny_model("llama")
     before = model_fingerprint(base)
@@ -206,8 +246,9 @@ def test_full_finetune_edited_policy_changes_only_chosen_blocks(tmp_path: Path) 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_adapters_exist_exactly_in_chosen_blocks_and_targets(tmp_path: Path, method: str) -> None:
     base = tiny_model("llama")
-    result, _ = _run(tmp_path, method, _spec(method=method, layers="non_edited", dropout=0.05), base,
-                     edited_layers=[1, 2])
+    result, _ = _run(
+        tmp_path, method, _spec(method=method, layers="non_edited", dropout=0.05), base, edited_layers=[1, 2]
+    )
     wanted = [n for n in LLAMA_ALL if n.split(".")[2] in "03"]
     tuned = load_finetuned(base, result)
     adapted = [name for name, module in tuned.named_modules() if hasattr(module, "lora_A")]
@@ -222,13 +263,15 @@ def test_adapters_exist_exactly_in_chosen_blocks_and_targets(tmp_path: Path, met
         assert changed == (name.removesuffix(".weight") in wanted), name
 
 
-@pytest.mark.parametrize(("arch", "method"), [("gpt2", "dora"), ("gpt_neox", "lora"), ("gemma3", "dora"),
-                                              ("gptj", "full")])
+@pytest.mark.parametrize(
+    ("arch", "method"), [("gpt2", "dora"), ("gpt_neox", "lora"), ("gemma3", "dora"), ("gptj", "full")]
+)
 def test_methods_run_on_every_architecture(tmp_path: Path, arch: str, method: str) -> None:
     base = tiny_model(arch)
     spec = _spec(method=method, max_steps=2, lr=1e-3, targets=("q", "v", "down"))
-    result = finetune(base, tiny_tokenizer(add_bos=arch == "gemma3"), EXAMPLES, spec, out_dir=tmp_path / arch,
-                      progress=False)
+    result = finetune(
+        base, tiny_tokenizer(add_bos=arch == "gemma3"), EXAMPLES, spec, out_dir=tmp_path / arch, progress=False
+    )
     ids = torch.tensor([[5, 6, 7, 8]])
     merged = load_finetuned(base, result, merge=True)
     assert not torch.allclose(merged(ids).logits, base(ids).logits)
@@ -268,8 +311,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
 
 def test_bf16_compute_keeps_small_full_updates(tmp_path: Path) -> None:
     """bf16 autocast with float32 master weights: an lr of 1e-5 still moves (nearly) every weight."""
-    result, base = _run(tmp_path, "bf16", _spec(method="full", lr=1e-5, compute_dtype="bfloat16", max_steps=2,
-                                                layers=[1]))
+    result, base = _run(
+        tmp_path, "bf16", _spec(method="full", lr=1e-5, compute_dtype="bfloat16", max_steps=2, layers=[1])
+    )
     for name, delta in _result_tensors(result).items():
         assert (delta != 0).float().mean() > 0.95, name
         # Stored in bf16, most of these updates would round away (they are far below bf16's spacing).
@@ -279,6 +323,7 @@ def test_bf16_compute_keeps_small_full_updates(tmp_path: Path) -> None:
 
 
 # --- saving, loading, resuming -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["full", "dora"])
 def test_save_load_round_trip_reproduces_the_validation_loss(tmp_path: Path, method: str) -> None:
@@ -360,8 +405,14 @@ def test_rerun_reuses_the_result_and_refuses_a_different_one(tmp_path: Path, mon
     again = finetune(base, tiny_tokenizer(add_bos=True), EXAMPLES, spec, out_dir=tmp_path / "out", progress=False)
     assert again.manifest == first.manifest
     with pytest.raises(FileExistsError, match="holds a different fine-tuning run"):
-        finetune(base, tiny_tokenizer(add_bos=True), EXAMPLES, dataclasses.replace(spec, r=4),
-                 out_dir=tmp_path / "out", progress=False)
+        finetune(
+            base,
+            tiny_tokenizer(add_bos=True),
+            EXAMPLES,
+            dataclasses.replace(spec, r=4),
+            out_dir=tmp_path / "out",
+            progress=False,
+        )
 
 
 def test_loading_onto_another_base_is_refused(tmp_path: Path) -> None:
@@ -391,6 +442,7 @@ def test_manifest_and_adapter_config_record_the_run(tmp_path: Path) -> None:
 
 # --- command line -----------------------------------------------------------------------------------------------
 
+
 def test_cli_finetune_on_a_local_model(tmp_path: Path) -> None:
     from editdecay.cli import app
 
@@ -400,15 +452,41 @@ def test_cli_finetune_on_a_local_model(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.json"
     corpus.write_text(json.dumps([ex.to_dict() for ex in EXAMPLES]))
     runner = CliRunner()
-    args = ["finetune", "--model", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "out"),
-            "--method", "dora", "--layers", "1-2", "--targets", "q,down", "--max-steps", "2", "--batch-size", "4",
-            "--cutoff-len", "112", "--dtype", "float32", "--val-fraction", "0.25"]
+    args = [
+        "finetune",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(tmp_path / "out"),
+        "--method",
+        "dora",
+        "--layers",
+        "1-2",
+        "--targets",
+        "q,down",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--cutoff-len",
+        "112",
+        "--dtype",
+        "float32",
+        "--val-fraction",
+        "0.25",
+    ]
     outcome = runner.invoke(app, args)
     assert outcome.exit_code == 0, outcome.output
     assert "Done:" in outcome.output and "validation loss" in outcome.output
     result = FinetuneResult.load(tmp_path / "out")
-    assert result.manifest["modules"] == ["model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj",
-                                          "model.layers.2.self_attn.q_proj", "model.layers.2.mlp.down_proj"]
+    assert result.manifest["modules"] == [
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+        "model.layers.2.self_attn.q_proj",
+        "model.layers.2.mlp.down_proj",
+    ]
     for layers, message in (("edited", "needs --patch"), ("four", "block indices like 4,5,6")):
         bad = runner.invoke(app, [*args[:5], "--out", str(tmp_path / layers), "--layers", layers])
         text = " ".join(bad.output.replace("│", " ").split())
@@ -424,14 +502,33 @@ def test_cli_finetune_with_a_weight_patch(tmp_path: Path) -> None:
     tiny_tokenizer(add_bos=True).save_pretrained(model_dir)
     reloaded_fp = model_fingerprint(tiny_model("llama"))
     delta = torch.randn(32, 64, generator=torch.Generator().manual_seed(0)) * 0.1
-    patch = WeightPatch({"model.layers.2.mlp.down_proj.weight": delta},
-                        {"base_fingerprint": reloaded_fp, "layers": [2]})
+    patch = WeightPatch(
+        {"model.layers.2.mlp.down_proj.weight": delta}, {"base_fingerprint": reloaded_fp, "layers": [2]}
+    )
     patch.save(tmp_path / "patch")
     corpus = tmp_path / "corpus.json"
     corpus.write_text(json.dumps([ex.to_dict() for ex in EXAMPLES]))
-    args = ["finetune", "--model", str(model_dir), "--corpus", str(corpus), "--patch", str(tmp_path / "patch"),
-            "--method", "full", "--layers", "edited", "--max-steps", "2", "--batch-size", "4", "--cutoff-len", "112",
-            "--dtype", "float32"]
+    args = [
+        "finetune",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus),
+        "--patch",
+        str(tmp_path / "patch"),
+        "--method",
+        "full",
+        "--layers",
+        "edited",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--cutoff-len",
+        "112",
+        "--dtype",
+        "float32",
+    ]
     outcome = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert outcome.exit_code == 0, outcome.output
     result = FinetuneResult.load(tmp_path / "out")
@@ -441,8 +538,10 @@ def test_cli_finetune_with_a_weight_patch(tmp_path: Path) -> None:
     patched = tiny_model("llama")
     patch.apply(patched)
     assert result.manifest["model_fingerprint"] == model_fingerprint(patched)
-    assert not torch.equal(load_finetuned(patched, result).get_parameter("model.layers.2.mlp.down_proj.weight"),
-                           patched.get_parameter("model.layers.2.mlp.down_proj.weight"))
+    assert not torch.equal(
+        load_finetuned(patched, result).get_parameter("model.layers.2.mlp.down_proj.weight"),
+        patched.get_parameter("model.layers.2.mlp.down_proj.weight"),
+    )
     with pytest.raises(ValueError, match="fine-tuned from a model"):
         load_finetuned(tiny_model("llama"), result)
     other = CliRunner().invoke(app, [*args, "--layers", "non_edited", "--out", str(tmp_path / "rest")])
@@ -452,14 +551,22 @@ def test_cli_finetune_with_a_weight_patch(tmp_path: Path) -> None:
 
 # --- real model -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_smollm2_lora_on_edited_blocks(smollm2, tmp_path: Path) -> None:
     from editdecay.data import load_corpus
 
     model, tokenizer = smollm2
     spec = FinetuneSpec(method="lora", layers="edited", max_steps=2, batch_size=4, cutoff_len=128)
-    result = finetune(model, tokenizer, load_corpus("builtin", max_examples=8), spec, out_dir=tmp_path / "out",
-                      edited_layers=[4, 5, 6, 7, 8], progress=False)
+    result = finetune(
+        model,
+        tokenizer,
+        load_corpus("builtin", max_examples=8),
+        spec,
+        out_dir=tmp_path / "out",
+        edited_layers=[4, 5, 6, 7, 8],
+        progress=False,
+    )
     assert result.manifest["trainable_params"] == 5 * 8 * (576 + 576 + 2 * (576 + 192) + 2 * (576 + 1536))
     tuned = load_finetuned(model, result, merge=True)
     changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, model.get_parameter(n))}
@@ -478,7 +585,8 @@ def test_target_only_logits_give_the_full_cross_entropy(arch: str) -> None:
     tokenizer = tiny_tokenizer(add_bos=arch == "gemma3")
     batch = collate([tokenize_example(tokenizer, ex, 112, train_on_inputs=False) for ex in EXAMPLES[:3]], 0)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     torch.testing.assert_close(token_loss_sum(model, batch), expected, rtol=1e-5, atol=1e-5)
     assert not model.get_output_embeddings()._forward_pre_hooks

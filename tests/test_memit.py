@@ -24,10 +24,10 @@ from editdecay.editing import (
     memit_delta,
 )
 from editdecay.editing.hparams import preset_for_model
-from editdecay.editing.keys import compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.subject import prompt_tokens, subject_last_index
-from editdecay.editing.targets import TargetSettings, _adam_step, compute_targets
+from editdecay.editing.subject_keys import compute_keys
+from editdecay.editing.target_values import TargetSettings, _adam_step, compute_targets
 from editdecay.models import DtypeResolver, arch_for, mlp_out
 from test_edit_support import capital_requests, edit_success, fast_hparams, same_state, state_of, write_corpus
 from tiny import tiny_config, tiny_model, tiny_tokenizer

@@ -16,8 +16,18 @@ from pipeline_fixtures import write_tiny_experiment
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TABLES = {"edits", "edits_per_edit", "control", "control_per_edit", "outcomes", "downstream", "downstream_accuracy",
-          "metrics", "decay", "activations"}
+TABLES = {
+    "edits",
+    "edits_per_edit",
+    "control",
+    "control_per_edit",
+    "outcomes",
+    "downstream",
+    "downstream_accuracy",
+    "metrics",
+    "decay",
+    "activations",
+}
 
 
 def test_evaluate_writes_the_tables_of_the_run_it_is_pointed_at(tmp_path: Path) -> None:
@@ -28,15 +38,39 @@ def test_evaluate_writes_the_tables_of_the_run_it_is_pointed_at(tmp_path: Path) 
     summary = json.loads((run.run_dir / "summary.json").read_text())
     keys, evaluation = summary["artifacts"], raw["evaluation"]
     out = tmp_path / "evaluate"
-    result = CliRunner().invoke(app, [
-        "evaluate", "--model", raw["model"]["source"], "--patch", str(store / "patches" / keys["patch"] / "patch"),
-        "--adapter", str(store / "finetunes" / keys["ft_edited"] / "result"),
-        "--base-adapter", str(store / "finetunes" / keys["ft_base"] / "result"),
-        "--dataset", raw["edits"]["dataset"], "--n", str(raw["edits"]["n"]),
-        "--control", "builtin-control", "--control-n", str(evaluation["control_n"]),
-        "--tasks", ",".join(evaluation["tasks"]), "--limit", str(evaluation["task_limit"]),
-        "--activation-prompts", str(evaluation["activation_prompts"]), "--batch-size", str(evaluation["batch_size"]),
-        "--no-progress", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            raw["model"]["source"],
+            "--patch",
+            str(store / "patches" / keys["patch"] / "patch"),
+            "--adapter",
+            str(store / "finetunes" / keys["ft_edited"] / "result"),
+            "--base-adapter",
+            str(store / "finetunes" / keys["ft_base"] / "result"),
+            "--dataset",
+            raw["edits"]["dataset"],
+            "--n",
+            str(raw["edits"]["n"]),
+            "--control",
+            "builtin-control",
+            "--control-n",
+            str(evaluation["control_n"]),
+            "--tasks",
+            ",".join(evaluation["tasks"]),
+            "--limit",
+            str(evaluation["task_limit"]),
+            "--activation-prompts",
+            str(evaluation["activation_prompts"]),
+            "--batch-size",
+            str(evaluation["batch_size"]),
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     run_tables = {p.stem for p in run.run_dir.glob("*.parquet")} - {"run"}
@@ -58,8 +92,19 @@ def test_evaluate_writes_the_tables_of_the_run_it_is_pointed_at(tmp_path: Path) 
 
 
 def test_base_adapter_needs_a_patch(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "model"), "--base-adapter",
-                                      str(tmp_path / "ft"), "--no-progress", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "model"),
+            "--base-adapter",
+            str(tmp_path / "ft"),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 2
     assert "--base-adapter" in result.output and "Mft" in result.output
     assert not (tmp_path / "out").exists()

@@ -19,8 +19,15 @@ def _patch(model: torch.nn.Module, scale: float = 1e-3, layers: tuple[int, ...] 
     for layer in layers:
         name = f"model.layers.{layer}.mlp.down_proj.weight"
         deltas[name] = scale * torch.randn(model.get_parameter(name).shape, generator=generator)
-    return WeightPatch(deltas, {"editor": "test", "base_fingerprint": model_fingerprint(model),
-                                "layers": list(layers), "request_ids": ["a", "b"]})
+    return WeightPatch(
+        deltas,
+        {
+            "editor": "test",
+            "base_fingerprint": model_fingerprint(model),
+            "layers": list(layers),
+            "request_ids": ["a", "b"],
+        },
+    )
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

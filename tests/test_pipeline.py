@@ -25,8 +25,18 @@ def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Pa
     store, runs = tmp_path / "store", tmp_path / "runs"
     first = run_experiment(config, store, runs)
     assert set(first.executed) == ALL_STAGES
-    for name in ("config.json", "run.parquet", "edits.parquet", "edits_per_edit.parquet", "metrics.parquet",
-                 "decay.parquet", "outcomes.parquet", "activations.parquet", "summary.json", "DONE"):
+    for name in (
+        "config.json",
+        "run.parquet",
+        "edits.parquet",
+        "edits_per_edit.parquet",
+        "metrics.parquet",
+        "decay.parquet",
+        "outcomes.parquet",
+        "activations.parquet",
+        "summary.json",
+        "DONE",
+    ):
         assert (first.run_dir / name).is_file(), name
     summary = json.loads((first.run_dir / "summary.json").read_text())
     assert set(summary["edits"]["groups"]) == set(GROUPS)
@@ -76,8 +86,9 @@ def test_configs_share_artifacts(tmp_path: Path) -> None:
 
 def test_dry_run_plan_counts_and_cache(tmp_path: Path) -> None:
     raw = write_tiny_experiment(tmp_path)
-    grid = GridConfig(name="g", base=raw, grid={"editor.name": ["memit", "alphaedit"],
-                                                "finetune.layers": ["all", "edited"]})
+    grid = GridConfig(
+        name="g", base=raw, grid={"editor.name": ["memit", "alphaedit"], "finetune.layers": ["all", "edited"]}
+    )
     configs = expand_grid(grid)
     store, runs = ArtifactStore(tmp_path / "store"), tmp_path / "runs"
     plan = plan_grid(configs, store, runs)
@@ -100,10 +111,18 @@ def _finished_artifacts(store: Path) -> set[Path]:
 def test_killed_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
     write_tiny_experiment(tmp_path)
     store, runs = tmp_path / "store", tmp_path / "runs"
-    command = [sys.executable, "-m", "editdecay", "run", str(tmp_path / "config.yaml"),
-               "--store", str(store), "--runs", str(runs)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "editdecay",
+        "run",
+        str(tmp_path / "config.yaml"),
+        "--store",
+        str(store),
+        "--runs",
+        str(runs),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # Kill it in the middle of a fine-tuning stage: its directory exists, its DONE marker does not.
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:

@@ -92,8 +92,9 @@ def test_editor_resolves_v_dtype_auto_from_the_probe() -> None:
     assert build_editor("memit", dtypes=fast).resolved_hparams(SHAPE, "cpu").v_dtype == "bfloat16"
     # null keeps the model's own dtype; float16 is never probed.
     assert build_editor("memit", {"v_dtype": None}, dtypes=slow).resolved_hparams(SHAPE, "cpu").v_dtype is None
-    assert build_editor("memit", {"v_dtype": "float16"}, dtypes=slow).resolved_hparams(SHAPE, "cpu").v_dtype == \
-        "float16"
+    assert (
+        build_editor("memit", {"v_dtype": "float16"}, dtypes=slow).resolved_hparams(SHAPE, "cpu").v_dtype == "float16"
+    )
     model = tiny_model("llama")
     assert build_editor("memit", dtypes=slow).resolved_hparams(model).v_dtype == "float32"
     with pytest.raises(ValueError, match="needs the device"):

@@ -18,30 +18,100 @@ from editdecay.reporting.tables import (
 )
 
 
-def make_run(root: Path, run_id: str, editor: str, method: str, layers: str, es: dict[str, float],
-             complete: bool = True) -> None:
+def make_run(
+    root: Path, run_id: str, editor: str, method: str, layers: str, es: dict[str, float], complete: bool = True
+) -> None:
     run = root / run_id
     run.mkdir(parents=True)
-    pd.DataFrame([{"run_id": run_id, "name": run_id, "model": "tiny", "dataset": "builtin", "n_edits": 4,
-                   "editor": editor, "ft_method": method, "ft_layers": layers, "edit_layers": "1,2"}]
-                 ).to_parquet(run / "run.parquet")
-    rows = [{"run_id": run_id, "set": "edits", "group": g, "es": v, "ps": v / 2, "ns": 100 - v,
-             "es_magnitude": v - 50, "downstream_avg": 50.0 + i} for i, (g, v) in enumerate(es.items())]
-    rows += [{"run_id": run_id, "set": "control", "group": g, "es": 5.0, "ps": 80.0, "ns": 70.0, "es_magnitude": -40.0,
-              "knows_true": 95.0 - 10 * (g == "Med_ft"), "downstream_avg": None} for g in es]
+    pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "name": run_id,
+                "model": "tiny",
+                "dataset": "builtin",
+                "n_edits": 4,
+                "editor": editor,
+                "ft_method": method,
+                "ft_layers": layers,
+                "edit_layers": "1,2",
+            }
+        ]
+    ).to_parquet(run / "run.parquet")
+    rows = [
+        {
+            "run_id": run_id,
+            "set": "edits",
+            "group": g,
+            "es": v,
+            "ps": v / 2,
+            "ns": 100 - v,
+            "es_magnitude": v - 50,
+            "downstream_avg": 50.0 + i,
+        }
+        for i, (g, v) in enumerate(es.items())
+    ]
+    rows += [
+        {
+            "run_id": run_id,
+            "set": "control",
+            "group": g,
+            "es": 5.0,
+            "ps": 80.0,
+            "ns": 70.0,
+            "es_magnitude": -40.0,
+            "knows_true": 95.0 - 10 * (g == "Med_ft"),
+            "downstream_avg": None,
+        }
+        for g in es
+    ]
     pd.DataFrame(rows).to_parquet(run / "metrics.parquet")
     before, after = es["Med"], es["Med_ft"]
-    pd.DataFrame([{"run_id": run_id, "delta_es_pp": before - after, "decrease_rate": (before - after) / before,
-                   "efr": 0.25, "flips": 1, "successes_after_edit": 4, "reverse_flip_ratio": 0.0,
-                   "reverse_flips": 0}]).to_parquet(run / "decay.parquet")
-    pd.DataFrame([{"run_id": run_id, "case_id": str(i), "outcome": outcome, "prompt": f"p{i}", "target_true": "a",
-                   "target_new": "b", "answer_M": "a", "answer_Med": "b", "answer_Med_ft": "c",
-                   "erased_to": "third" if outcome == "erased" else None}
-                  for i, outcome in enumerate(["stable", "stable", "erased", "impossible"])]
-                 ).to_parquet(run / "outcomes.parquet")
-    pd.DataFrame([{"run_id": run_id, "layer": layer, "pair": pair, "drift": float(layer), "similarity": 0.5,
-                   "edited_layer": layer in (1, 2)} for layer in range(4) for pair in ("Med-M", "Mft-M")]
-                 ).to_parquet(run / "activations.parquet")
+    pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "delta_es_pp": before - after,
+                "decrease_rate": (before - after) / before,
+                "efr": 0.25,
+                "flips": 1,
+                "successes_after_edit": 4,
+                "reverse_flip_ratio": 0.0,
+                "reverse_flips": 0,
+            }
+        ]
+    ).to_parquet(run / "decay.parquet")
+    pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "case_id": str(i),
+                "outcome": outcome,
+                "prompt": f"p{i}",
+                "target_true": "a",
+                "target_new": "b",
+                "answer_M": "a",
+                "answer_Med": "b",
+                "answer_Med_ft": "c",
+                "erased_to": "third" if outcome == "erased" else None,
+            }
+            for i, outcome in enumerate(["stable", "stable", "erased", "impossible"])
+        ]
+    ).to_parquet(run / "outcomes.parquet")
+    pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "layer": layer,
+                "pair": pair,
+                "drift": float(layer),
+                "similarity": 0.5,
+                "edited_layer": layer in (1, 2),
+            }
+            for layer in range(4)
+            for pair in ("Med-M", "Mft-M")
+        ]
+    ).to_parquet(run / "activations.parquet")
     if complete:
         (run / "DONE").write_text("ok\n")
 
@@ -72,8 +142,12 @@ def test_table1_es_before_after_per_method(runs: Path) -> None:
     assert table.loc["memit", "dora es_after"] == 60.0
     assert table.loc["alphaedit", "lora es_after"] == 45.0
     assert pd.isna(table.loc["alphaedit", "dora es_after"])
-    assert [c for c in table.columns if " es_" in c] == ["dora es_before", "dora es_after", "lora es_before",
-                                                          "lora es_after"]
+    assert [c for c in table.columns if " es_" in c] == [
+        "dora es_before",
+        "dora es_after",
+        "lora es_before",
+        "lora es_after",
+    ]
 
 
 def test_table2_decrease_rate_with_averages(runs: Path) -> None:
@@ -107,8 +181,14 @@ def test_outcome_examples_one_per_class_with_counts(runs: Path) -> None:
 def test_write_report_writes_every_format_and_nonempty_figures(runs: Path, tmp_path: Path) -> None:
     written = write_report(runs, tmp_path / "report")
     names = {p.name for p in written}
-    for stem in ("table1_es_before_after", "table2_decrease_rate", "table3_delta_es_efr",
-                 "table4_outcome_examples", "table5_selective_layers", "table6_downstream_by_edits"):
+    for stem in (
+        "table1_es_before_after",
+        "table2_decrease_rate",
+        "table3_delta_es_efr",
+        "table4_outcome_examples",
+        "table5_selective_layers",
+        "table6_downstream_by_edits",
+    ):
         assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= names
     for stem in ("fig2_es_before_after", "fig3_activation_shift_memit", "fig3_activation_shift_alphaedit"):
         for suffix in (".png", ".pdf"):
@@ -120,14 +200,19 @@ def test_demo_table_rows_and_values(runs: Path) -> None:
     decay_part, side_part = demo_table(runs).split("Side effects")
     rows = {tuple(cells[:2]): cells for cells in _markdown_rows(decay_part)}
     header = _markdown_rows(decay_part, header=True)
-    assert set(rows) == {("memit", "lora/all"), ("memit", "dora/all"), ("alphaedit", "lora/all"),
-                         ("memit", "lora/edited")}  # the incomplete run r5 is left out
+    assert set(rows) == {
+        ("memit", "lora/all"),
+        ("memit", "dora/all"),
+        ("alphaedit", "lora/all"),
+        ("memit", "lora/edited"),
+    }  # the incomplete run r5 is left out
     memit = dict(zip(header, rows[("memit", "lora/all")], strict=True))
     assert (memit["ES(Med)"], memit["ES(Med_ft)"], memit["margin(Med_ft)"]) == ("100", "80", "30")
     assert (memit["ΔES"], memit["EFR%"], memit["flips"]) == ("20", "25", "1/4")
     side_header = _markdown_rows(side_part, header=True)
-    side = dict(zip(side_header, {tuple(c[:2]): c for c in _markdown_rows(side_part)}[("alphaedit", "lora/all")],
-                    strict=True))
+    side = dict(
+        zip(side_header, {tuple(c[:2]): c for c in _markdown_rows(side_part)}[("alphaedit", "lora/all")], strict=True)
+    )
     assert (side["known(M)"], side["known(Med_ft)"], side["downstream(Med_ft)"]) == ("95", "85", "53")
 
 

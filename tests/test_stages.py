@@ -19,15 +19,19 @@ PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _records(task: str, correct: list[bool]) -> pd.DataFrame:
-    return pd.DataFrame({"task": task, "item_id": [str(i) for i in range(len(correct))], "mode": "generate",
-                         "correct": correct})
+    return pd.DataFrame(
+        {"task": task, "item_id": [str(i) for i in range(len(correct))], "mode": "generate", "correct": correct}
+    )
 
 
 def test_downstream_accuracy_is_keyed_by_group_when_a_group_lacks_records() -> None:
     # M and Med were evaluated before the task data existed: only Mft and Med_ft have downstream tables.
-    tables = {"M": GroupScores(pd.DataFrame()), "Med": GroupScores(pd.DataFrame()),
-              "Mft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, False, False, False])),
-              "Med_ft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, True, True, False]))}
+    tables = {
+        "M": GroupScores(pd.DataFrame()),
+        "Med": GroupScores(pd.DataFrame()),
+        "Mft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, False, False, False])),
+        "Med_ft": GroupScores(pd.DataFrame(), downstream=_records("boolq", [True, True, True, False])),
+    }
     accuracy = downstream_accuracy(tables)
     assert accuracy == {"Mft": {"boolq": 25.0, "average": 25.0}, "Med_ft": {"boolq": 75.0, "average": 75.0}}
 
@@ -41,9 +45,17 @@ def test_evaluate_stage_passes_the_generate_settings(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(groups, "score_edits", lambda *args, **kwargs: pd.DataFrame({"case_id": ["0"]}))
     monkeypatch.setattr(groups, "evaluate_tasks", fake_tasks)
-    config = ExperimentConfig.model_validate({"evaluation": {
-        "tasks": ["builtin-commonsense"], "task_mode": "generate", "num_beams": 4, "batch_size": 1,
-        "answer_extraction": "study"}})
+    config = ExperimentConfig.model_validate(
+        {
+            "evaluation": {
+                "tasks": ["builtin-commonsense"],
+                "task_mode": "generate",
+                "num_beams": 4,
+                "batch_size": 1,
+                "answer_extraction": "study",
+            }
+        }
+    )
 
     def stage(name: str, kind: str, key: str, compute: Callable[[Path], None]) -> Path:
         path = tmp_path / kind / key
@@ -55,8 +67,18 @@ def test_evaluate_stage_passes_the_generate_settings(tmp_path: Path, monkeypatch
     run = SimpleNamespace(config=config, base=SimpleNamespace(tokenizer="tok"), models={"M": "model"}, stage=stage)
     scores = stages.evaluate_stage(run, "M", [], [], "key")  # type: ignore[arg-type]
     assert set(scores.tables()) == {"edits", "downstream"}
-    assert calls == [{"tasks": ["builtin-commonsense"], "data_dir": None, "mode": "generate", "limit": 20,
-                      "batch_size": 1, "num_beams": 4, "answer_extraction": "study", "progress": True}]
+    assert calls == [
+        {
+            "tasks": ["builtin-commonsense"],
+            "data_dir": None,
+            "mode": "generate",
+            "limit": 20,
+            "batch_size": 1,
+            "num_beams": 4,
+            "answer_extraction": "study",
+            "progress": True,
+        }
+    ]
 
 
 def test_evaluation_config_generate_defaults_and_the_paper_preset() -> None:
@@ -67,8 +89,7 @@ def test_evaluation_config_generate_defaults_and_the_paper_preset() -> None:
     with pytest.raises(ValueError, match="answer_extraction"):
         ExperimentConfig.model_validate({"evaluation": {"answer_extraction": "strict"}})
     paper = load_grid(PRESETS / "paper.yaml").expand()[0].evaluation
-    assert (paper.task_mode, paper.num_beams, paper.batch_size, paper.answer_extraction) == (
-        "generate", 4, 1, "study")
+    assert (paper.task_mode, paper.num_beams, paper.batch_size, paper.answer_extraction) == ("generate", 4, 1, "study")
 
 
 def test_stages_take_a_run_context_and_never_import_the_runner() -> None:

@@ -9,10 +9,11 @@ import logging
 import pytest
 import torch
 
+from editdecay.data.stats_text import SampledCorpus, TextCorpus
 from editdecay.editing import StatisticError, StatsStore, collect_stats, open_corpus
 from editdecay.editing import stats as stats_module
-from editdecay.editing.corpus import SampledCorpus, TextCorpus, sample_sequences
 from editdecay.editing.keyed_tensors import write_keyed_tensors
+from editdecay.editing.sampled_text import sample_sequences
 from editdecay.models import mlp_out, model_fingerprint
 from test_edit_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_model, tiny_tokenizer
@@ -35,8 +36,9 @@ def corpus_file(tmp_path):
 def test_statistic_equals_a_direct_computation(corpus_file) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     n_tokens, max_length = 700, 40
-    result = collect_stats(model, tok, [2], open_corpus(str(corpus_file)), n_tokens=n_tokens, max_length=max_length,
-                           dtype="float64")[2]
+    result = collect_stats(
+        model, tok, [2], open_corpus(str(corpus_file)), n_tokens=n_tokens, max_length=max_length, dtype="float64"
+    )[2]
     # Direct: run each document alone, take the first n_tokens keys in reading order.
     keys = []
     captured = {}
@@ -85,8 +87,9 @@ def test_store_caches_and_never_serves_another_model(tmp_path, corpus_file, monk
 
     # Another model gets its own statistic, even if a file is planted at its path.
     other = tiny_model("llama", seed=1)
-    key = stats_module.StatsKey(model_fingerprint(other), 1, open_corpus(str(corpus_file)).corpus_id, 600,
-                                "float32", 128)
+    key = stats_module.StatsKey(
+        model_fingerprint(other), 1, open_corpus(str(corpus_file)).corpus_id, 600, "float32", 128
+    )
     planted = store.path(key)
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(files[0].read_bytes())
@@ -97,8 +100,9 @@ def test_store_caches_and_never_serves_another_model(tmp_path, corpus_file, monk
     assert store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=600, dtype="float64")[1].dtype == torch.float64
 
 
-def test_cache_files_carry_their_format_and_only_missing_layers_are_collected(tmp_path, corpus_file,
-                                                                             monkeypatch) -> None:
+def test_cache_files_carry_their_format_and_only_missing_layers_are_collected(
+    tmp_path, corpus_file, monkeypatch
+) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     store = StatsStore(tmp_path)
     first = store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=300)
@@ -112,15 +116,17 @@ def test_cache_files_carry_their_format_and_only_missing_layers_are_collected(tm
     monkeypatch.setattr(stats_module, "collect_stats", counting)
     both = store.get(model, tok, [2, 1], corpus=str(corpus_file), n_tokens=300)
     assert collected == [[2]] and list(both) == [1, 2] and torch.equal(both[1], first[1])
-    key = stats_module.StatsKey(model_fingerprint(model), 1, open_corpus(str(corpus_file)).corpus_id, 300,
-                                "float32", 128)
+    key = stats_module.StatsKey(
+        model_fingerprint(model), 1, open_corpus(str(corpus_file)).corpus_id, 300, "float32", 128
+    )
     assert key.format == stats_module.STATS_FORMAT
     assert store.path(key).name == "layer001-n300-len128-float32.stats-1.safetensors"
     # A file written by code of another format is not read, even at the current path.
     older = dataclasses.replace(key, format="stats/0")
     assert store.path(older) != store.path(key)
-    write_keyed_tensors(store.path(key), {"moment": first[1]}, dataclasses.asdict(older), n_tokens="300",
-                        n_documents="1", seconds="0")
+    write_keyed_tensors(
+        store.path(key), {"moment": first[1]}, dataclasses.asdict(older), n_tokens="300", n_documents="1", seconds="0"
+    )
     assert torch.equal(store.get(model, tok, [1], corpus=str(corpus_file), n_tokens=300)[1], first[1])
     assert collected == [[2], [1]]
 
@@ -129,7 +135,8 @@ def test_corpus_formats_and_identity(tmp_path) -> None:
     wiki = tmp_path / "wiki" / "AA"
     wiki.mkdir(parents=True)
     (wiki / "wiki_00").write_text(
-        '<doc id="1" title="A">\nA\n\nAlpha text.\n</doc>\n<doc id="2" title="B">\nB\nBeta.\n</doc>\n')
+        '<doc id="1" title="A">\nA\n\nAlpha text.\n</doc>\n<doc id="2" title="B">\nB\nBeta.\n</doc>\n'
+    )
     (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
     (tmp_path / "plain.txt").write_text("first doc\nstill first\n\nsecond doc\n")
     assert list(open_corpus(str(tmp_path / "wiki")).documents()) == ["A\n\nAlpha text.", "B\nBeta."]
@@ -149,7 +156,7 @@ def test_corpus_formats_and_identity(tmp_path) -> None:
 def test_model_sampled_corpus_is_seeded_and_logged(caplog) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     assert isinstance(open_corpus("model-sampled"), SampledCorpus)
-    with caplog.at_level(logging.INFO, logger="editdecay.editing.corpus"):
+    with caplog.at_level(logging.INFO, logger="editdecay.editing.sampled_text"):
         a = sample_sequences(model, tok, 50, length=10, seed=3)
     assert "from the model itself" in caplog.text
     b = sample_sequences(model, tok, 50, length=10, seed=3)

@@ -28,16 +28,29 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def edits_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("edits") / "edits.json"
-    records = [{"case_id": i, "prompt": f"The capital of Country{i} is", "subject": f"Country{i}",
-                "target_new": "Rome", "ground_truth": "Paris", "rephrase_prompt": f"Country{i}'s capital is",
-                "locality_prompt": "The capital of France is", "locality_ground_truth": "Paris"} for i in range(10)]
+    records = [
+        {
+            "case_id": i,
+            "prompt": f"The capital of Country{i} is",
+            "subject": f"Country{i}",
+            "target_new": "Rome",
+            "ground_truth": "Paris",
+            "rephrase_prompt": f"Country{i}'s capital is",
+            "locality_prompt": "The capital of France is",
+            "locality_ground_truth": "Paris",
+        }
+        for i in range(10)
+    ]
     path.write_text(json.dumps(records))
     return path
 
 
 def config(model_dir: Path, edits_file: Path, **sections: dict) -> ExperimentConfig:
-    raw = {"model": {"source": str(model_dir)}, "edits": {"dataset": str(edits_file), "n": 5},
-           "evaluation": {"control": False}}
+    raw = {
+        "model": {"source": str(model_dir)},
+        "edits": {"dataset": str(edits_file), "n": 5},
+        "evaluation": {"control": False},
+    }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
     return ExperimentConfig.model_validate(raw)
@@ -85,8 +98,10 @@ def test_edit_count_changes_everything_that_sees_the_requests(model_dir: Path, e
 def test_layer_policy_uses_edit_layers_only_when_it_depends_on_them(model_dir: Path, edits_file: Path) -> None:
     first, second = (config(model_dir, edits_file, **with_layers(layers)) for layers in ([1, 2], [2, 3]))
     assert keys(first)["ft_base"] == keys(second)["ft_base"]
-    first, second = (config(model_dir, edits_file, **with_layers(layers, finetune={"layers": "edited"}))
-                     for layers in ([1, 2], [2, 3]))
+    first, second = (
+        config(model_dir, edits_file, **with_layers(layers, finetune={"layers": "edited"}))
+        for layers in ([1, 2], [2, 3])
+    )
     assert keys(first)["ft_base"] != keys(second)["ft_base"]
 
 
@@ -106,26 +121,33 @@ def test_the_resolved_compute_dtype_enters_every_key_it_changes(model_dir: Path,
     fast, slow = keys(config(model_dir, edits_file), "bfloat16"), keys(config(model_dir, edits_file), "float32")
     assert changed_keys(fast, slow) == set(fast) - {"model", "edits", "eval_M"}
     # An explicit dtype is the same artifact as `auto` resolved to it.
-    explicit = config(model_dir, edits_file, editor={"hparams": {"v_dtype": "float32"}},
-                      finetune={"compute_dtype": "float32"})
+    explicit = config(
+        model_dir, edits_file, editor={"hparams": {"v_dtype": "float32"}}, finetune={"compute_dtype": "float32"}
+    )
     assert keys(explicit, "bfloat16") == slow
 
 
-def test_keys_follow_resolved_values_not_the_config_as_written(model_dir: Path, edits_file: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_follow_resolved_values_not_the_config_as_written(
+    model_dir: Path, edits_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = keys(config(model_dir, edits_file))
     # Writing a default out changes the config's text, not what runs: same keys.
-    spelled = config(model_dir, edits_file, finetune={"r": 8, "alpha": 16.0},
-                     editor={"hparams": {"kl_factor": 0.0625}})
+    spelled = config(model_dir, edits_file, finetune={"r": 8, "alpha": 16.0}, editor={"hparams": {"kl_factor": 0.0625}})
     assert keys(spelled) == base
     # A changed preset value (the tiny model takes the fallback, built on the SmolLM2 preset) changes the patch.
     monkeypatch.setitem(hparams._MEASURED["smollm2-135m"], "v_lr", 2.0)
-    assert changed_keys(base, keys(config(model_dir, edits_file))) == set(base) - {"model", "edits", "ft_base",
-                                                                                   "eval_M", "eval_Mft"}
+    assert changed_keys(base, keys(config(model_dir, edits_file))) == set(base) - {
+        "model",
+        "edits",
+        "ft_base",
+        "eval_M",
+        "eval_Mft",
+    }
 
 
-def test_a_format_version_bump_invalidates_that_artifact(model_dir: Path, edits_file: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_format_version_bump_invalidates_that_artifact(
+    model_dir: Path, edits_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = keys(config(model_dir, edits_file))
     monkeypatch.setattr(resolve, "EVAL_FORMAT", "eval/999")
     assert changed_keys(base, keys(config(model_dir, edits_file))) == {f"eval_{g}" for g in GROUPS}

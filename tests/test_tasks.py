@@ -18,8 +18,15 @@ from tiny import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EXPECTED_COUNTS = {"boolq": 3270, "piqa": 1838, "social_i_qa": 1954, "winogrande": 1267, "ARC-Easy": 2376,
-                   "ARC-Challenge": 1172, "openbookqa": 500}
+EXPECTED_COUNTS = {
+    "boolq": 3270,
+    "piqa": 1838,
+    "social_i_qa": 1954,
+    "winogrande": 1267,
+    "ARC-Easy": 2376,
+    "ARC-Challenge": 1172,
+    "openbookqa": 500,
+}
 
 
 def test_every_shared_record_parses(shared_data: Path) -> None:
@@ -34,8 +41,9 @@ def test_every_shared_record_parses(shared_data: Path) -> None:
     assert wino.options == ("Sarah", "Maria") and "_" in wino.stem and wino.answer == "option2"
     piqa = load_task("piqa", eval_dir, limit=1)[0]
     assert piqa.stem == "How do I ready a guinea pig cage for it's new occupants?"
-    assert piqa.options[0].endswith("ripped paper strips, you will also need to supply it with a water bottle "
-                                    "and a food dish.")
+    assert piqa.options[0].endswith(
+        "ripped paper strips, you will also need to supply it with a water bottle and a food dish."
+    )
     siqa = load_task("siqa", eval_dir, limit=1)[0]
     assert siqa.labels == ("answer1", "answer2", "answer3") and siqa.options[2] == "Find somewhere to go"
     boolq = load_task("boolq", eval_dir, limit=1)[0]
@@ -43,16 +51,24 @@ def test_every_shared_record_parses(shared_data: Path) -> None:
 
 
 HELLASWAG = [
-    {"instruction": "Please choose the correct ending to complete the given sentence: Making tea: A woman fills a "
-                    "kettle with water. she\n\nEnding1: puts the kettle on the stove. Ending2: throws the kettle "
-                    "into a lake. Ending3: paints the kettle blue while singing. Ending4: sells the water to a "
-                    "passing cyclist.\n\nAnswer format: ending1/ending2/ending3/ending4",
-     "input": "", "output": "the correct answer is ending1", "answer": "ending1"},
-    {"instruction": "Please choose the correct ending to complete the given sentence: Riding a bike: A boy climbs "
-                    "onto a bicycle. he\n\nEnding1: eats the handlebars. Ending2: folds the bike into a letter. "
-                    "Ending3: starts pedaling down the street. Ending4: becomes a tree.\n\nAnswer format: "
-                    "ending1/ending2/ending3/ending4",
-     "input": "", "output": "the correct answer is ending3", "answer": "ending3"},
+    {
+        "instruction": "Please choose the correct ending to complete the given sentence: Making tea: A woman fills a "
+        "kettle with water. she\n\nEnding1: puts the kettle on the stove. Ending2: throws the kettle "
+        "into a lake. Ending3: paints the kettle blue while singing. Ending4: sells the water to a "
+        "passing cyclist.\n\nAnswer format: ending1/ending2/ending3/ending4",
+        "input": "",
+        "output": "the correct answer is ending1",
+        "answer": "ending1",
+    },
+    {
+        "instruction": "Please choose the correct ending to complete the given sentence: Riding a bike: A boy climbs "
+        "onto a bicycle. he\n\nEnding1: eats the handlebars. Ending2: folds the bike into a letter. "
+        "Ending3: starts pedaling down the street. Ending4: becomes a tree.\n\nAnswer format: "
+        "ending1/ending2/ending3/ending4",
+        "input": "",
+        "output": "the correct answer is ending3",
+        "answer": "ending3",
+    },
 ]
 
 
@@ -62,8 +78,12 @@ def test_hellaswag_loader_on_handmade_file(tmp_path: Path) -> None:
     items = load_task("hellaswag", tmp_path)
     assert [i.answer for i in items] == ["ending1", "ending3"]
     assert items[0].stem == "Making tea: A woman fills a kettle with water. she"
-    assert items[0].options == ("puts the kettle on the stove.", "throws the kettle into a lake.",
-                                "paints the kettle blue while singing.", "sells the water to a passing cyclist.")
+    assert items[0].options == (
+        "puts the kettle on the stove.",
+        "throws the kettle into a lake.",
+        "paints the kettle blue while singing.",
+        "sells the water to a passing cyclist.",
+    )
     assert items[1].cloze_style == "continuation" and items[1].item_id == "hellaswag-1"
     assert option_pairs(items[0], "cloze")[0] == (items[0].stem, " puts the kettle on the stove.")
     assert len(load_task("hellaswag", tmp_path, limit=1)) == 1
@@ -94,59 +114,94 @@ def test_aliases_and_registry() -> None:
     assert all(task_spec(t).name == t for t in STUDY_TASKS)
 
 
-@pytest.mark.parametrize(("task", "generation", "expected"), [
-    ("boolq", "the correct answer is true", "true"),
-    ("boolq", "False. Ethanol production needs more energy than it gives.", "false"),
-    ("boolq", "I am not sure about this one.", None),
-    ("piqa", "the correct answer is solution2\n\n### Instruction:", "solution2"),
-    ("piqa", "Solution1 is better because paper is absorbent", "solution1"),
-    ("social_i_qa", "the correct answer is answer3", "answer3"),
-    ("social_i_qa", "answer2, since Tracy needs somewhere to go; answer1 is wrong", "answer2"),
-    ("hellaswag", "the correct answer is ending4", "ending4"),
-    ("hellaswag", "Ending2: is ripping level tiles off.", "ending2"),
-    ("winogrande", "the correct answer is option1", "option1"),
-    ("winogrande", "Option2 Maria", "option2"),
-    ("ARC-Easy", "the correct answer is answer1", "answer1"),
-    ("ARC-Challenge", "Answer4: Planetary gravity will become stronger.", "answer4"),
-    ("openbookqa", "the correct answer is answer2 because eating out costs money", "answer2"),
-    ("openbookqa", "the correct answer is the second one", None),
-])
+@pytest.mark.parametrize(
+    ("task", "generation", "expected"),
+    [
+        ("boolq", "the correct answer is true", "true"),
+        ("boolq", "False. Ethanol production needs more energy than it gives.", "false"),
+        ("boolq", "I am not sure about this one.", None),
+        ("piqa", "the correct answer is solution2\n\n### Instruction:", "solution2"),
+        ("piqa", "Solution1 is better because paper is absorbent", "solution1"),
+        ("social_i_qa", "the correct answer is answer3", "answer3"),
+        ("social_i_qa", "answer2, since Tracy needs somewhere to go; answer1 is wrong", "answer2"),
+        ("hellaswag", "the correct answer is ending4", "ending4"),
+        ("hellaswag", "Ending2: is ripping level tiles off.", "ending2"),
+        ("winogrande", "the correct answer is option1", "option1"),
+        ("winogrande", "Option2 Maria", "option2"),
+        ("ARC-Easy", "the correct answer is answer1", "answer1"),
+        ("ARC-Challenge", "Answer4: Planetary gravity will become stronger.", "answer4"),
+        ("openbookqa", "the correct answer is answer2 because eating out costs money", "answer2"),
+        ("openbookqa", "the correct answer is the second one", None),
+    ],
+)
 def test_answer_extraction_first_hit(task: str, generation: str, expected: str | None) -> None:
     assert extract_answer(task, generation) == expected
 
 
-@pytest.mark.parametrize(("task", "generation", "lenient", "study"), [
-    ("boolq", "Answer: True", "true", None),
-    ("boolq", "the answer is true", "true", "true"),
-    ("boolq", "True, although false is also heard", "true", "false"),
-    ("piqa", "Solution1 is worse than solution2", "solution1", "solution2"),
-    ("ARC-Easy", "ANSWER3", "answer3", None),
-])
-def test_study_extraction_is_case_sensitive(task: str, generation: str, lenient: str | None,
-                                            study: str | None) -> None:
+@pytest.mark.parametrize(
+    ("task", "generation", "lenient", "study"),
+    [
+        ("boolq", "Answer: True", "true", None),
+        ("boolq", "the answer is true", "true", "true"),
+        ("boolq", "True, although false is also heard", "true", "false"),
+        ("piqa", "Solution1 is worse than solution2", "solution1", "solution2"),
+        ("ARC-Easy", "ANSWER3", "answer3", None),
+    ],
+)
+def test_study_extraction_is_case_sensitive(task: str, generation: str, lenient: str | None, study: str | None) -> None:
     assert extract_answer(task, generation) == extract_answer(task, generation, "lenient") == lenient
     assert extract_answer(task, generation, "study") == study
 
 
 def test_generation_records_name_the_extraction() -> None:
-    item = TaskItem("boolq", "b-0", "Is 3 larger than 2?", "", "true", ("true", "false"), ("true", "false"),
-                    "Is 3 larger than 2?")
-    expected = {"task": "boolq", "item_id": "b-0", "mode": "generate", "answer": "true", "generation": "Answer: True",
-                "num_beams": 4}
+    item = TaskItem(
+        "boolq", "b-0", "Is 3 larger than 2?", "", "true", ("true", "false"), ("true", "false"), "Is 3 larger than 2?"
+    )
+    expected = {
+        "task": "boolq",
+        "item_id": "b-0",
+        "mode": "generate",
+        "answer": "true",
+        "generation": "Answer: True",
+        "num_beams": 4,
+    }
     assert generation_record(item, "Answer: True", 4, "lenient") == {
-        **expected, "prediction": "true", "correct": True, "answer_extraction": "lenient"}
+        **expected,
+        "prediction": "true",
+        "correct": True,
+        "answer_extraction": "lenient",
+    }
     assert generation_record(item, "Answer: True", 4, "study") == {
-        **expected, "prediction": None, "correct": False, "answer_extraction": "study"}
+        **expected,
+        "prediction": None,
+        "correct": False,
+        "answer_extraction": "study",
+    }
     with pytest.raises(ValueError, match="answer_extraction"):
         extract_answer("boolq", "true", "strict")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="answer_extraction"):
-        evaluate_tasks(None, None, [BUILTIN_TASK], data_dir=None, mode="generate",  # type: ignore[arg-type]
-                       answer_extraction="strict")
+        evaluate_tasks(
+            None,
+            None,
+            [BUILTIN_TASK],
+            data_dir=None,
+            mode="generate",  # type: ignore[arg-type]
+            answer_extraction="strict",
+        )
 
 
 def test_option_pairs_styles() -> None:
-    wino = TaskItem("winogrande", "w-0", "", "", "option2", ("option1", "option2"), ("Sarah", "Maria"),
-                    "Sarah was a better surgeon than Maria so _ got the easier cases.", "blank")
+    wino = TaskItem(
+        "winogrande",
+        "w-0",
+        "",
+        "",
+        "option2",
+        ("option1", "option2"),
+        ("Sarah", "Maria"),
+        "Sarah was a better surgeon than Maria so _ got the easier cases.",
+        "blank",
+    )
     assert option_pairs(wino, "cloze") == [
         ("Sarah was a better surgeon than Maria so Sarah", " got the easier cases."),
         ("Sarah was a better surgeon than Maria so Maria", " got the easier cases."),
@@ -171,12 +226,20 @@ def _plant(model: torch.nn.Module, tokenizer, texts: list[str], steps: int = 40)
 
 
 ARC_ITEMS = [
-    {"instruction": "Please choose the correct answer to the question: Which is heavier?\n\nAnswer1: a feather "
-                    "Answer2: a brick\n\nAnswer format: answer1/answer2", "input": "",
-     "output": "the correct answer is answer2", "answer": "answer2"},
-    {"instruction": "Please choose the correct answer to the question: What do fish live in?\n\nAnswer1: water "
-                    "Answer2: sand Answer3: air\n\nAnswer format: answer1/answer2/answer3", "input": "",
-     "output": "the correct answer is answer1", "answer": "answer1"},
+    {
+        "instruction": "Please choose the correct answer to the question: Which is heavier?\n\nAnswer1: a feather "
+        "Answer2: a brick\n\nAnswer format: answer1/answer2",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    },
+    {
+        "instruction": "Please choose the correct answer to the question: What do fish live in?\n\nAnswer1: water "
+        "Answer2: sand Answer3: air\n\nAnswer format: answer1/answer2/answer3",
+        "input": "",
+        "output": "the correct answer is answer1",
+        "answer": "answer1",
+    },
 ]
 
 
@@ -203,25 +266,30 @@ def test_loglik_picks_planted_option(arc_dir: Path, side: str) -> None:
 def test_generate_mode_reads_planted_answer(arc_dir: Path) -> None:
     tokenizer = tiny_tokenizer(add_bos=True, padding_side="left")
     items = load_task("ARC-Easy", arc_dir)
-    model = _plant(tiny_model("llama", seed=1), tokenizer,
-                   [alpaca_prompt(i.instruction) + f"the correct answer is {i.answer}</s>" for i in items], steps=60)
+    model = _plant(
+        tiny_model("llama", seed=1),
+        tokenizer,
+        [alpaca_prompt(i.instruction) + f"the correct answer is {i.answer}</s>" for i in items],
+        steps=60,
+    )
     greedy = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", progress=False)
     assert greedy["generation"].tolist() == [f"the correct answer is {i.answer}" for i in items]
     assert greedy["correct"].all() and greedy["prediction"].tolist() == ["answer2", "answer1"]
     assert greedy["answer_extraction"].tolist() == ["lenient", "lenient"]
-    study = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", progress=False,
-                           answer_extraction="study")
+    study = evaluate_tasks(
+        model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", progress=False, answer_extraction="study"
+    )
     assert study["prediction"].tolist() == ["answer2", "answer1"] and set(study["answer_extraction"]) == {"study"}
-    beam = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", num_beams=2,
-                          progress=False)
+    beam = evaluate_tasks(
+        model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, mode="generate", num_beams=2, progress=False
+    )
     assert beam["prediction"].tolist() == ["answer2", "answer1"]
     label = evaluate_tasks(model, tokenizer, ["ARC-Easy"], data_dir=arc_dir, loglik_target="label", progress=False)
     assert label["correct"].all()
 
 
 def test_task_accuracy_per_task_and_average() -> None:
-    records = pd.DataFrame({"task": ["boolq"] * 4 + ["piqa"] * 2,
-                            "correct": [True, True, False, True, False, True]})
+    records = pd.DataFrame({"task": ["boolq"] * 4 + ["piqa"] * 2, "correct": [True, True, False, True, False, True]})
     table = task_accuracy(records).set_index("task")
     assert table.loc["boolq", "accuracy"] == 75.0 and table.loc["piqa", "accuracy"] == 50.0
     assert table.loc["average", "accuracy"] == 62.5 and table.loc["average", "n"] == 6  # unweighted over tasks
@@ -237,7 +305,16 @@ def test_builtin_commonsense_runs_offline() -> None:
             assert item.answer == ("true" if a > b else "false")
     assert items == builtin_task_items()  # deterministic
     tokenizer = tiny_tokenizer()
-    records = evaluate_tasks(tiny_model("gpt2"), tokenizer, [BUILTIN_TASK], data_dir=None, limit=48,
-                             progress=False, batch_size=32)
-    assert len(records) == 48 and set(records["prediction"]) <= {"true", "false", "answer1", "answer2", "answer3",
-                                                                   "answer4", "option1", "option2"}
+    records = evaluate_tasks(
+        tiny_model("gpt2"), tokenizer, [BUILTIN_TASK], data_dir=None, limit=48, progress=False, batch_size=32
+    )
+    assert len(records) == 48 and set(records["prediction"]) <= {
+        "true",
+        "false",
+        "answer1",
+        "answer2",
+        "answer3",
+        "answer4",
+        "option1",
+        "option2",
+    }

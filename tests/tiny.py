@@ -37,8 +37,10 @@ def _trained_tokenizer() -> Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = tk_decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS * 4, trainer)
     return tokenizer
@@ -63,15 +65,37 @@ def tiny_config(arch: str, vocab_size: int = 400):
     if arch == "gptj":
         return GPTJConfig(n_embd=32, n_layer=4, n_head=4, n_positions=128, rotary_dim=4, **common)
     if arch == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                             max_position_embeddings=128, **common)
+        return GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            **common,
+        )
     if arch == "llama":
-        return LlamaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True, **common)
+        return LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **common,
+        )
     if arch == "gemma3":
-        return Gemma3TextConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                head_dim=8, intermediate_size=64, max_position_embeddings=128,
-                                sliding_window=16, **common)
+        return Gemma3TextConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            sliding_window=16,
+            **common,
+        )
     raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHES}")
 
 

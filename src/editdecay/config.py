@@ -106,17 +106,23 @@ class EditorConfig(_Strict):
 
     @model_validator(mode="after")
     def _hparams_of_the_editor(self) -> EditorConfig:
-        hparams_class = EDITORS[self.name].hparams_class
+        hparams_class: Any = EDITORS[self.name].hparams_class  # a dataclass with `from_dict`
         known = [f.name for f in dataclasses.fields(hparams_class) if f.name != "ignored"]
-        problems = [(f"hparams.{key}", f"unknown key for {self.name}{_did_you_mean(key, known)}")
-                    for key in unknown_editor_hparams(self.name, self.hparams)]
+        problems = [
+            (f"hparams.{key}", f"unknown key for {self.name}{_did_you_mean(key, known)}")
+            for key in unknown_editor_hparams(self.name, self.hparams)
+        ]
         prefix = f"Invalid {hparams_class.__name__}: "
         for key in (k for k in self.hparams if k in known):
             try:
                 hparams_class.from_dict({key: self.hparams[key]})
             except (ValueError, TypeError) as err:
-                problems.append((f"hparams.{key}", _with_value(str(err).removeprefix(prefix).removeprefix("hparams: "),
-                                                               self.hparams[key])))
+                problems.append(
+                    (
+                        f"hparams.{key}",
+                        _with_value(str(err).removeprefix(prefix).removeprefix("hparams: "), self.hparams[key]),
+                    )
+                )
         if not problems:
             try:
                 hparams_class.from_dict(self.hparams)
@@ -217,11 +223,14 @@ def _finetune_fields() -> dict[str, Any]:
 
 
 if TYPE_CHECKING:
+
     class FinetuneConfig(_FinetuneSection):
         def __getattr__(self, name: str) -> Any: ...
 else:
     FinetuneConfig = create_model(
-        "FinetuneConfig", __base__=_FinetuneSection, __module__=__name__,
+        "FinetuneConfig",
+        __base__=_FinetuneSection,
+        __module__=__name__,
         __doc__="Fine-tuning: every FinetuneSpec field (same defaults) plus the corpus and its subset.",
         **_finetune_fields(),
     )
@@ -327,8 +336,10 @@ def _format_validation_error(err: ValidationError, origin: str) -> ConfigError:
         loc = [str(p) for p in problem["loc"]]
         cause = problem.get("ctx", {}).get("error")
         if isinstance(cause, _KeyProblems):
-            lines += [f"  {'.'.join([*loc, key] if key else loc) or '(top level)'}: {message}"
-                      for key, message in cause.problems]
+            lines += [
+                f"  {'.'.join([*loc, key] if key else loc) or '(top level)'}: {message}"
+                for key, message in cause.problems
+            ]
             continue
         key = ".".join(loc) or "(top level)"
         unknown = problem["type"] == "extra_forbidden"

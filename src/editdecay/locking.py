@@ -42,8 +42,9 @@ def file_lock(target: str | Path) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def locked_compute(target: str | Path, load: Callable[[], T | None], compute: Callable[[], T],
-                   save: Callable[[T], None]) -> T:
+def locked_compute(
+    target: str | Path, load: Callable[[], T | None], compute: Callable[[], T], save: Callable[[T], None]
+) -> T:
     """The result at `target`: `load()` when it is finished, otherwise computed and saved exactly once.
 
     `load` returns None unless the finished result for the caller's key is there; `save` must write

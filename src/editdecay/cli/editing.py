@@ -54,12 +54,16 @@ def _stats_root(stats_dir: Path | None) -> Path:
 def stats_command(
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
     layers: str = typer.Option(None, "--layers", help="Block indices (4,5,6 or 4-8); default: the editor preset's."),
-    corpus: str = typer.Option(None, "--corpus", help="model-sampled, a text/JSONL/WikiExtractor file or directory, "
-                               "or hf:NAME; default: the editor preset's."),
+    corpus: str = typer.Option(
+        None,
+        "--corpus",
+        help="model-sampled, a text/JSONL/WikiExtractor file or directory, or hf:NAME; default: the editor preset's.",
+    ),
     tokens: int = typer.Option(None, "--tokens", min=1, help="Sample size in tokens; default: the editor preset's."),
     dtype: str = typer.Option(None, "--dtype", help="Accumulation dtype: float32 or float64; default: the preset's."),
-    max_length: int = typer.Option(None, "--max-length", min=1, help="Tokens kept per document; default: the "
-                                   "preset's."),
+    max_length: int = typer.Option(
+        None, "--max-length", min=1, help="Tokens kept per document; default: the preset's."
+    ),
     stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
 ) -> None:
@@ -69,23 +73,32 @@ def stats_command(
     statistics computed here are the ones the edit reuses."""
     import torch
 
-    from editdecay.editing import StatisticError, StatsStore, build_editor
+    from editdecay.editing import MemitEditor, StatisticError, StatsStore
 
     loaded = _load(model, threads)
-    preset = build_editor("memit").resolved_hparams(loaded.model)
+    preset = MemitEditor().resolved_hparams(loaded.model)
     chosen = _layers(layers) or list(preset.layers)
     store = StatsStore(_stats_root(stats_dir))
     try:
-        found = store.get_layer_stats(loaded.model, loaded.tokenizer, chosen, corpus=corpus or preset.mom2_dataset,
-                                      n_tokens=tokens or preset.mom2_n_tokens, dtype=dtype or preset.mom2_dtype,
-                                      fingerprint=loaded.fingerprint, max_length=max_length or preset.mom2_max_length)
+        found = store.get_layer_stats(
+            loaded.model,
+            loaded.tokenizer,
+            chosen,
+            corpus=corpus or preset.mom2_dataset,
+            n_tokens=tokens or preset.mom2_n_tokens,
+            dtype=dtype or preset.mom2_dtype,
+            fingerprint=loaded.fingerprint,
+            max_length=max_length or preset.mom2_max_length,
+        )
     except (ValueError, FileNotFoundError, StatisticError, RuntimeError) as err:
         raise typer.BadParameter(str(err)) from err
     for layer, stats in sorted(found.items()):
         values = torch.linalg.eigvalsh(stats.moment.double())
-        typer.echo(f"layer {layer:3d}: {stats.n_tokens} tokens, {stats.n_documents} documents, "
-                   f"{stats.seconds:.1f} s; eigenvalues min {values[0]:.3g} max {values[-1]:.3g}; "
-                   f"{store.path(stats.key)}")
+        typer.echo(
+            f"layer {layer:3d}: {stats.n_tokens} tokens, {stats.n_documents} documents, "
+            f"{stats.seconds:.1f} s; eigenvalues min {values[0]:.3g} max {values[-1]:.3g}; "
+            f"{store.path(stats.key)}"
+        )
 
 
 @app.command("edit")
@@ -93,24 +106,33 @@ def edit_command(
     out: Path = typer.Option(..., "--out", help="Output directory: patch/ (WeightPatch) and summary.json."),
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
     editor: str = typer.Option("memit", "--editor", help=f"{', '.join(EDITORS)}."),
-    dataset: str = typer.Option("builtin", "--dataset",
-                                help="builtin, or a CounterFact (ROME/EasyEdit) / zsRE / built-in JSON(L) file."),
+    dataset: str = typer.Option(
+        "builtin", "--dataset", help="builtin, or a CounterFact (ROME/EasyEdit) / zsRE / built-in JSON(L) file."
+    ),
     n: int = typer.Option(None, "--n", min=1, help="Number of edit requests (default: all)."),
-    seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed (default: the "
-                             "first n), as in `editdecay evaluate`."),
+    seed: int = typer.Option(
+        None,
+        "--seed",
+        help="Sample --n requests at random with this seed (default: the first n), as in `editdecay evaluate`.",
+    ),
     zsre_target: str = typer.Option("answers", "--zsre-target", help="zsRE target: answers (MEMIT) or alt."),
     editor_seed: int = typer.Option(0, "--editor-seed", help="Seed of the editor's context templates."),
-    hparams: Path = typer.Option(None, "--hparams", help="MEMIT JSON / EasyEdit YAML hyperparameter file (keys it "
-                                 "does not use are ignored and recorded)."),
+    hparams: Path = typer.Option(
+        None,
+        "--hparams",
+        help="MEMIT JSON / EasyEdit YAML hyperparameter file (keys it does not use are ignored and recorded).",
+    ),
     preset: str = typer.Option(None, "--preset", help="Preset name (default: recognised from the model)."),
-    settings: list[str] = typer.Option([], "--set", help="Override a hyperparameter of the editor's hparams class: "
-                                       "key=value (repeatable)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Override a hyperparameter of the editor's hparams class: key=value (repeatable)."
+    ),
     layers: str = typer.Option(None, "--layers", help="Edit layers (4,5,6 or 4-8)."),
     corpus: str = typer.Option(None, "--corpus", help="Statistics corpus (hparam mom2_dataset)."),
     tokens: int = typer.Option(None, "--tokens", min=1, help="Statistics sample size (hparam mom2_n_tokens)."),
     stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
-    evaluate: bool = typer.Option(False, "--evaluate/--no-evaluate",
-                                  help="Score ES/PS/NS before and after the edit and add them to the summary."),
+    evaluate: bool = typer.Option(
+        False, "--evaluate/--no-evaluate", help="Score ES/PS/NS before and after the edit and add them to the summary."
+    ),
     threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
 ) -> None:
     """Edit requests into a model; write the WeightPatch and a summary (update norms, time split)."""
@@ -155,24 +177,38 @@ def edit_command(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     loaded = _load(model, threads)
-    summary: dict[str, Any] = {"model": model, "editor": editor, "dataset": dataset, "n_requests": len(requests),
-                               "seed": seed, "zsre_target": zsre_target, "editor_seed": editor_seed}
+    summary: dict[str, Any] = {
+        "model": model,
+        "editor": editor,
+        "dataset": dataset,
+        "n_requests": len(requests),
+        "seed": seed,
+        "zsre_target": zsre_target,
+        "editor_seed": editor_seed,
+    }
     if evaluate:
         summary["before"] = _scores(loaded, requests)
     try:
-        context = EditContext(stats=StatsStore(_stats_root(stats_dir)), seed=editor_seed,
-                              fingerprint=loaded.fingerprint)
+        context = EditContext(
+            stats=StatsStore(_stats_root(stats_dir)), seed=editor_seed, fingerprint=loaded.fingerprint
+        )
         patch = chosen.edit(loaded.model, loaded.tokenizer, requests, context)
-    except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError,
-            FileNotFoundError) as err:
+    except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err
     patch.save(out / "patch")
     manifest = patch.manifest
-    summary.update({
-        "patch_id": patch.patch_id, "layers": patch.layers, "update_norms": manifest["update_norms"],
-        "timings": manifest["timings"], "statistics": manifest["statistics"], "batches": manifest["batches"],
-        "hparams": manifest["hparams"], **({"nullspace": manifest["nullspace"]} if "nullspace" in manifest else {}),
-    })
+    summary.update(
+        {
+            "patch_id": patch.patch_id,
+            "layers": patch.layers,
+            "update_norms": manifest["update_norms"],
+            "timings": manifest["timings"],
+            "statistics": manifest["statistics"],
+            "batches": manifest["batches"],
+            "hparams": manifest["hparams"],
+            **({"nullspace": manifest["nullspace"]} if "nullspace" in manifest else {}),
+        }
+    )
     if evaluate:
         patch.apply(loaded.model, fingerprint=loaded.fingerprint)
         summary["after"] = _scores(loaded, requests)
@@ -190,16 +226,26 @@ def _scores(loaded, requests) -> dict[str, float | None]:
 
 def _report(summary: dict[str, Any], out: Path) -> None:
     t = summary["timings"]
-    typer.echo(f"Edited {summary['n_requests']} requests with {summary['editor']} into layers {summary['layers']} "
-               f"(patch {summary['patch_id'][:12]}) -> {out}")
-    typer.echo("  time: " + ", ".join(f"{k} {t.get(k, 0.0):.1f} s" for k in
-                                      ("statistics", "targets", "keys", "solve", "total")))
+    typer.echo(
+        f"Edited {summary['n_requests']} requests with {summary['editor']} into layers {summary['layers']} "
+        f"(patch {summary['patch_id'][:12]}) -> {out}"
+    )
+    typer.echo(
+        "  time: "
+        + ", ".join(f"{k} {t.get(k, 0.0):.1f} s" for k in ("statistics", "targets", "keys", "solve", "total"))
+    )
     typer.echo("  update norms: " + ", ".join(f"L{k} {v:.3g}" for k, v in summary["update_norms"].items()))
     carried = [b.get("carried_fraction_mean") for b in summary["batches"]]
-    typer.echo("  share of the wanted change carried at the last edit layer: "
-               + ", ".join(f"{c:.2f}" for c in carried if c is not None))
+    typer.echo(
+        "  share of the wanted change carried at the last edit layer: "
+        + ", ".join(f"{c:.2f}" for c in carried if c is not None)
+    )
     for when in ("before", "after"):
         if when in summary:
             scores = summary[when]
-            typer.echo(f"  {when}: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in scores.items()
-                                                  if v is not None and k in ("es", "ps", "ns")))
+            typer.echo(
+                f"  {when}: "
+                + ", ".join(
+                    f"{k.upper()} {v:.1f}" for k, v in scores.items() if v is not None and k in ("es", "ps", "ns")
+                )
+            )

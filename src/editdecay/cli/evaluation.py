@@ -26,35 +26,58 @@ def evaluate_command(
     out: Path = typer.Option(..., "--out", help="Output directory for the parquet tables and summary.json."),
     model: str = typer.Option("smollm2-135m", "--model", help="Built-in alias, .gguf file, directory or hub id."),
     patch: Path = typer.Option(None, "--patch", help="WeightPatch directory: adds the edited group Med."),
-    allow_other_requests: bool = typer.Option(False, "--allow-other-requests",
-                                              help="Evaluate requests other than the ones --patch edited (warns)."),
-    adapter: Path = typer.Option(None, "--adapter", help="Fine-tuning result directory: adds Mft (without --patch) "
-                                 "or Med_ft (trained on the patched model)."),
-    base_adapter: Path = typer.Option(None, "--base-adapter", help="With --patch: the fine-tuning result of the "
-                                      "base model, adding Mft beside Med and Med_ft."),
+    allow_other_requests: bool = typer.Option(
+        False, "--allow-other-requests", help="Evaluate requests other than the ones --patch edited (warns)."
+    ),
+    adapter: Path = typer.Option(
+        None,
+        "--adapter",
+        help="Fine-tuning result directory: adds Mft (without --patch) or Med_ft (trained on the patched model).",
+    ),
+    base_adapter: Path = typer.Option(
+        None,
+        "--base-adapter",
+        help="With --patch: the fine-tuning result of the base model, adding Mft beside Med and Med_ft.",
+    ),
     dataset: str = typer.Option("builtin", "--dataset", help="Edit requests: builtin or a CounterFact/zsRE file."),
     n: int = typer.Option(None, "--n", help="Number of edit requests (default: all)."),
-    seed: int = typer.Option(None, "--seed", help="Sample --n requests at random with this seed (default: the "
-                             "first n), as in `editdecay edit`."),
+    seed: int = typer.Option(
+        None,
+        "--seed",
+        help="Sample --n requests at random with this seed (default: the first n), as in `editdecay edit`.",
+    ),
     zsre_target: str = typer.Option("answers", "--zsre-target", help="zsRE target: answers (MEMIT) or alt."),
-    control: str = typer.Option(None, "--control", help="Unedited control facts tracked across groups "
-                                "(e.g. builtin-control)."),
+    control: str = typer.Option(
+        None, "--control", help="Unedited control facts tracked across groups (e.g. builtin-control)."
+    ),
     control_n: int = typer.Option(None, "--control-n", help="Number of control facts (default: all)."),
-    tasks: str = typer.Option("", "--tasks", help="Comma-separated downstream tasks (boolq,piqa,siqa,hellaswag,"
-                              "winogrande,arc-e,arc-c,obqa,builtin-commonsense)."),
-    data_dir: Path = typer.Option(None, "--data-dir", envvar="EDITDECAY_SHARED_DATA",
-                                  help="LLM-Adapters eval folder, or a data root holding commonsense/eval."),
+    tasks: str = typer.Option(
+        "",
+        "--tasks",
+        help="Comma-separated downstream tasks (boolq,piqa,siqa,hellaswag,"
+        "winogrande,arc-e,arc-c,obqa,builtin-commonsense).",
+    ),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        envvar="EDITDECAY_SHARED_DATA",
+        help="LLM-Adapters eval folder, or a data root holding commonsense/eval.",
+    ),
     mode: str = typer.Option("loglik", "--mode", help="Downstream mode: loglik or generate."),
     limit: int = typer.Option(None, "--limit", help="Items per downstream task (default: all)."),
-    num_beams: int = typer.Option(1, "--num-beams", min=1,
-                                  help="Beam width in generate mode (1 = batched greedy)."),
-    answer_extraction: str = typer.Option("lenient", "--answer-extraction",
-                                          help="Generate mode: lenient (case-insensitive) or study (case-sensitive, "
-                                          "first match, as the LLM-Adapters evaluator)."),
-    activations: bool = typer.Option(True, "--activations/--no-activations",
-                                     help="Activation shift between the groups (needs --patch or --adapter)."),
-    activation_prompts: int = typer.Option(64, "--activation-prompts",
-                                           help="Edit prompts and downstream prompts (each) used for activations."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam width in generate mode (1 = batched greedy)."),
+    answer_extraction: str = typer.Option(
+        "lenient",
+        "--answer-extraction",
+        help="Generate mode: lenient (case-insensitive) or study (case-sensitive, "
+        "first match, as the LLM-Adapters evaluator).",
+    ),
+    activations: bool = typer.Option(
+        True, "--activations/--no-activations", help="Activation shift between the groups (needs --patch or --adapter)."
+    ),
+    activation_prompts: int = typer.Option(
+        64, "--activation-prompts", help="Edit prompts and downstream prompts (each) used for activations."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward pass."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -71,8 +94,9 @@ def evaluate_command(
     if answer_extraction not in ("lenient", "study"):
         raise typer.BadParameter(f"{answer_extraction!r}: use lenient or study", param_hint="--answer-extraction")
     if base_adapter is not None and patch is None:
-        raise typer.BadParameter("without --patch, --adapter is the base model's fine-tuning (Mft)",
-                                 param_hint="--base-adapter")
+        raise typer.BadParameter(
+            "without --patch, --adapter is the base model's fine-tuning (Mft)", param_hint="--base-adapter"
+        )
     task_names = _split(tasks)
     try:
         requests = load_edit_requests(dataset, n, seed=seed, zsre_target=zsre_target)  # type: ignore[arg-type]
@@ -100,21 +124,41 @@ def evaluate_command(
     except (FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--patch/--adapter/--base-adapter") from err
     try:
-        result = evaluate_groups(models, tokenizer, requests, control=control_requests, tasks=task_names,
-                                 data_dir=data_dir, task_mode=mode, task_limit=limit,  # type: ignore[arg-type]
-                                 num_beams=num_beams, answer_extraction=answer_extraction,  # type: ignore[arg-type]
-                                 activations=activations, activation_prompts=activation_prompts,
-                                 edit_layers=loaded_patch.layers if loaded_patch is not None else None,
-                                 batch_size=batch_size, progress=progress)
+        result = evaluate_groups(
+            models,
+            tokenizer,
+            requests,
+            control=control_requests,
+            tasks=task_names,
+            data_dir=data_dir,
+            task_mode=mode,  # type: ignore[arg-type]  # checked against loglik/generate above
+            task_limit=limit,
+            num_beams=num_beams,
+            answer_extraction=answer_extraction,  # type: ignore[arg-type]
+            activations=activations,
+            activation_prompts=activation_prompts,
+            edit_layers=loaded_patch.layers if loaded_patch is not None else None,
+            batch_size=batch_size,
+            progress=progress,
+        )
     except (DataFormatError, ValueError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from err
-    extra = {"model": model, "model_origin": origin, "patch": str(patch) if patch else None,
-             "adapter": str(adapter) if adapter else None,
-             "base_adapter": str(base_adapter) if base_adapter else None, "dataset": dataset, "n": len(requests),
-             "control": control, "tasks": task_names, "task_mode": mode, "task_limit": limit,
-             "answer_extraction": answer_extraction if mode == "generate" else None,
-             "data_dir": os.fspath(data_dir) if data_dir else None}
+    extra = {
+        "model": model,
+        "model_origin": origin,
+        "patch": str(patch) if patch else None,
+        "adapter": str(adapter) if adapter else None,
+        "base_adapter": str(base_adapter) if base_adapter else None,
+        "dataset": dataset,
+        "n": len(requests),
+        "control": control,
+        "tasks": task_names,
+        "task_mode": mode,
+        "task_limit": limit,
+        "answer_extraction": answer_extraction if mode == "generate" else None,
+        "data_dir": os.fspath(data_dir) if data_dir else None,
+    }
     for path in write_summary(result, out, extra):
         typer.echo(f"wrote {path}")
     decay = result.summary["edits"]["decay"]
@@ -122,8 +166,10 @@ def evaluate_command(
         scores = "  ".join(f"{name.upper()} {_fmt(metrics.get(name))}" for name in ("es", "ps", "ns"))
         typer.echo(f"{group:7s} {scores}")
     if "efr" in decay:
-        typer.echo(f"ΔES {_fmt(decay['delta_es_pp'])} pp, EFR {_fmt(decay['efr'], 100)}% "
-                   f"({decay['flips']}/{decay['successes_after_edit']})")
+        typer.echo(
+            f"ΔES {_fmt(decay['delta_es_pp'])} pp, EFR {_fmt(decay['efr'], 100)}% "
+            f"({decay['flips']}/{decay['successes_after_edit']})"
+        )
     for group, accuracy in result.summary.get("downstream", {}).items():
         typer.echo(f"{group:7s} downstream average {_fmt(accuracy.get('average'))}%")
 
@@ -140,18 +186,21 @@ def _check_patch_requests(patch: WeightPatch, requests: list[EditRequest], allow
     not_evaluated = len(patched - set(evaluated))
     if in_patch == len(evaluated) and not not_evaluated:
         return
-    message = (f"the evaluated requests are not the ones --patch edited: {in_patch} of the {len(evaluated)} "
-               f"evaluated requests are in the patch, {not_evaluated} of the patch's {len(patched)} requests are "
-               "not evaluated" + ("" if patched else " (its manifest records no request_ids)"))
+    message = (
+        f"the evaluated requests are not the ones --patch edited: {in_patch} of the {len(evaluated)} "
+        f"evaluated requests are in the patch, {not_evaluated} of the patch's {len(patched)} requests are "
+        "not evaluated" + ("" if patched else " (its manifest records no request_ids)")
+    )
     if not allow_other:
         raise typer.BadParameter(
             f"{message}. Select the patch's requests (the --dataset, --n and --seed given to `editdecay edit`), "
-            "or pass --allow-other-requests.", param_hint="--patch/--dataset")
+            "or pass --allow-other-requests.",
+            param_hint="--patch/--dataset",
+        )
     typer.echo(f"WARNING: {message}; continuing because of --allow-other-requests.", err=True)
 
 
-def _model_groups(model: str, patch: WeightPatch | None, adapter: Path | None, base_adapter: Path | None,
-                  load_model):
+def _model_groups(model: str, patch: WeightPatch | None, adapter: Path | None, base_adapter: Path | None, load_model):
     """M, plus Med = M + patch (a loaded WeightPatch), Mft = M + base_adapter, and Mft = M + adapter or
     Med_ft = Med + adapter; made as `editdecay run` makes them (a copy of M, adapters merged)."""
     base = load_model(model)

@@ -25,7 +25,9 @@ def models_command(
         model, tokenizer = loaded
         inputs = tokenizer(prompt, return_tensors="pt")
         output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-        completion = tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
-        typer.echo(f"\n{load}: {loaded.origin}\n  architecture {arch_for(model).name}, edit layers "
-                   f"{list(default_edit_layers(model))}, fingerprint {loaded.fingerprint}")
+        completion = tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+        typer.echo(
+            f"\n{load}: {loaded.origin}\n  architecture {arch_for(model).name}, edit layers "
+            f"{list(default_edit_layers(model))}, fingerprint {loaded.fingerprint}"
+        )
         typer.echo(f"  {prompt!r} -> {completion!r}")

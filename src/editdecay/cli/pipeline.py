@@ -22,8 +22,12 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 @app.command("run")
-def run_command(config: Path = typer.Argument(..., help="Experiment YAML file."), store: Path = STORE_OPTION,
-                runs: Path = RUNS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+def run_command(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    store: Path = STORE_OPTION,
+    runs: Path = RUNS_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
     """Run one experiment: edit, fine-tune, evaluate M / Med / Mft / Med_ft, write a run directory."""
     from editdecay.experiments import run_experiment
     from editdecay.reporting import format_run_summary
@@ -38,12 +42,15 @@ def run_command(config: Path = typer.Argument(..., help="Experiment YAML file.")
 
 
 @app.command("grid")
-def grid_command(config: Path = typer.Argument(..., help="Grid YAML file (base + lists of values)."),
-                 store: Path = STORE_OPTION, runs: Path = RUNS_OPTION, overrides: list[str] = SET_OPTION,
-                 executor: str = typer.Option("local", help=" | ".join(EXECUTORS)),
-                 address: str = typer.Option(None, help="Ray cluster address (auto, ray://host:10001)."),
-                 dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
-                 ) -> None:
+def grid_command(
+    config: Path = typer.Argument(..., help="Grid YAML file (base + lists of values)."),
+    store: Path = STORE_OPTION,
+    runs: Path = RUNS_OPTION,
+    overrides: list[str] = SET_OPTION,
+    executor: str = typer.Option("local", help=" | ".join(EXECUTORS)),
+    address: str = typer.Option(None, help="Ray cluster address (auto, ray://host:10001)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
+) -> None:
     """Run every configuration of a grid, reusing shared artifacts."""
     from editdecay.experiments import ArtifactStore, expand_grid, make_executor, plan_grid
 
@@ -67,8 +74,10 @@ def grid_command(config: Path = typer.Argument(..., help="Grid YAML file (base +
 
 
 @app.command("report")
-def report_command(runs_dir: Path = typer.Argument(..., help="Directory holding run directories."),
-                   out: Path = typer.Option(Path("report"), "--out", help="Report directory.")) -> None:
+def report_command(
+    runs_dir: Path = typer.Argument(..., help="Directory holding run directories."),
+    out: Path = typer.Option(Path("report"), "--out", help="Report directory."),
+) -> None:
     """Paper-style tables (markdown, LaTeX, CSV) and figures (PNG, PDF) from stored results only."""
     from editdecay.reporting import ReportError, write_report
 
@@ -80,9 +89,11 @@ def report_command(runs_dir: Path = typer.Argument(..., help="Directory holding 
 
 
 @app.command("demo")
-def demo_command(out: Path = typer.Option(Path("demo-out"), "--out", help="Store, runs and report go here."),
-                 quick: bool = typer.Option(False, "--quick", help="Reduced sizes (CI smoke run)."),
-                 overrides: list[str] = SET_OPTION) -> None:
+def demo_command(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Store, runs and report go here."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced sizes (CI smoke run)."),
+    overrides: list[str] = SET_OPTION,
+) -> None:
     """The main job: SmolLM2-135M, built-in edits, MEMIT and AlphaEdit, LoRA (all / edited layers), full report."""
     from editdecay.experiments import ArtifactStore, LocalExecutor, expand_grid, plan_grid
     from editdecay.reporting import demo_table, write_report

@@ -1,7 +1,7 @@
 """Typed records and their loaders."""
 
-from editdecay.data.corpus import CORPUS_FORMATS, InstructionExample, corpus_id, format_prompt, load_corpus
 from editdecay.data.edit_requests import BUILTIN_SUITES, load_edit_requests, read_json_records
+from editdecay.data.instruction_corpus import CORPUS_FORMATS, InstructionExample, corpus_id, format_prompt, load_corpus
 from editdecay.data.records import DataFormatError, EditRequest, LocalityPrompt, template_from_prompt
 from editdecay.data.tasks import (
     BUILTIN_TASK,

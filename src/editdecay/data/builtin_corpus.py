@@ -18,9 +18,29 @@ _SEED = 20240611
 
 Record = dict[str, str]
 
-_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-                 "nineteen", "twenty")
+_NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "fruit": ("banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon", "kiwi"),
@@ -30,60 +50,148 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "mammal": ("horse", "cow", "sheep", "goat", "rabbit", "mouse", "whale", "bear", "deer", "fox"),
     "insect": ("ant", "bee", "beetle", "butterfly", "mosquito", "ladybug", "grasshopper", "moth", "wasp", "flea"),
     "tool": ("hammer", "saw", "wrench", "screwdriver", "drill", "chisel", "shovel", "rake", "pliers", "axe"),
-    "piece of furniture": ("chair", "table", "sofa", "bed", "desk", "wardrobe", "bookshelf", "stool", "bench",
-                           "dresser"),
+    "piece of furniture": (
+        "chair",
+        "table",
+        "sofa",
+        "bed",
+        "desk",
+        "wardrobe",
+        "bookshelf",
+        "stool",
+        "bench",
+        "dresser",
+    ),
     "vehicle": ("bicycle", "bus", "truck", "tractor", "scooter", "train", "boat", "airplane", "van", "canoe"),
-    "musical instrument": ("piano", "guitar", "violin", "drum", "flute", "trumpet", "harp", "cello", "clarinet",
-                           "banjo"),
+    "musical instrument": (
+        "piano",
+        "guitar",
+        "violin",
+        "drum",
+        "flute",
+        "trumpet",
+        "harp",
+        "cello",
+        "clarinet",
+        "banjo",
+    ),
     "color": ("red", "blue", "green", "yellow", "purple", "orange", "brown", "pink", "gray", "white"),
-    "shape": ("circle", "square", "triangle", "rectangle", "oval", "hexagon", "pentagon", "star", "diamond",
-              "cube"),
+    "shape": ("circle", "square", "triangle", "rectangle", "oval", "hexagon", "pentagon", "star", "diamond", "cube"),
     "piece of clothing": ("shirt", "sock", "jacket", "scarf", "glove", "sweater", "skirt", "coat", "boot", "hat"),
-    "kitchen utensil": ("spoon", "fork", "ladle", "whisk", "spatula", "colander", "peeler", "grater", "kettle",
-                        "pan"),
+    "kitchen utensil": ("spoon", "fork", "ladle", "whisk", "spatula", "colander", "peeler", "grater", "kettle", "pan"),
 }
 
 # Each list runs from lightest (or smallest) to heaviest (or largest): any two entries compare clearly.
-_BY_WEIGHT = ("feather", "leaf", "paper clip", "coin", "pencil", "egg", "book", "brick", "bicycle", "piano",
-              "car", "elephant")
-_BY_SIZE = ("grain of sand", "ant", "button", "marble", "tennis ball", "shoe", "chair", "door", "bus",
-            "house", "mountain")
+_BY_WEIGHT = (
+    "feather",
+    "leaf",
+    "paper clip",
+    "coin",
+    "pencil",
+    "egg",
+    "book",
+    "brick",
+    "bicycle",
+    "piano",
+    "car",
+    "elephant",
+)
+_BY_SIZE = (
+    "grain of sand",
+    "ant",
+    "button",
+    "marble",
+    "tennis ball",
+    "shoe",
+    "chair",
+    "door",
+    "bus",
+    "house",
+    "mountain",
+)
 
 # Objects that fit inside a container, smallest first (for WinoGrande-style sentences).
 _CONTAINMENT = ("coin", "key", "spoon", "book", "pillow", "suitcase", "wardrobe", "truck")
 
 _TRUE_FACTS = (
-    "does ice float on water", "does water boil when it is heated enough", "does ice melt in a warm room",
-    "do plants need sunlight to grow", "does a magnet attract iron nails",
-    "does sound travel through air", "do fish breathe with gills", "is steam a form of water",
-    "does a ball roll down a slope", "do bees make honey", "does a candle give off heat",
-    "is glass usually transparent", "do heavy objects fall when they are dropped", "does rubber stretch",
-    "does wood burn in a fire", "do caterpillars turn into butterflies", "is a metal spoon a good conductor of heat",
-    "do seeds grow into plants", "does salt dissolve in water",
-    "is the ocean salty", "do birds lay eggs", "does a thermometer measure temperature",
-    "does a compass needle point north", "is a whale a mammal", "does light travel faster than sound",
-    "do leaves of many trees change color in autumn", "does exercise make the heart beat faster",
-    "can a sponge soak up water", "does a shadow form when light is blocked", "is a triangle a shape with three sides",
-    "does an umbrella keep rain off a person", "do spiders have eight legs", "does cold weather make water freeze",
-    "does oil float on water", "is a square a shape with four equal sides", "do people need water to live",
-    "does a clock measure time", "can wind turn the blades of a windmill",
+    "does ice float on water",
+    "does water boil when it is heated enough",
+    "does ice melt in a warm room",
+    "do plants need sunlight to grow",
+    "does a magnet attract iron nails",
+    "does sound travel through air",
+    "do fish breathe with gills",
+    "is steam a form of water",
+    "does a ball roll down a slope",
+    "do bees make honey",
+    "does a candle give off heat",
+    "is glass usually transparent",
+    "do heavy objects fall when they are dropped",
+    "does rubber stretch",
+    "does wood burn in a fire",
+    "do caterpillars turn into butterflies",
+    "is a metal spoon a good conductor of heat",
+    "do seeds grow into plants",
+    "does salt dissolve in water",
+    "is the ocean salty",
+    "do birds lay eggs",
+    "does a thermometer measure temperature",
+    "does a compass needle point north",
+    "is a whale a mammal",
+    "does light travel faster than sound",
+    "do leaves of many trees change color in autumn",
+    "does exercise make the heart beat faster",
+    "can a sponge soak up water",
+    "does a shadow form when light is blocked",
+    "is a triangle a shape with three sides",
+    "does an umbrella keep rain off a person",
+    "do spiders have eight legs",
+    "does cold weather make water freeze",
+    "does oil float on water",
+    "is a square a shape with four equal sides",
+    "do people need water to live",
+    "does a clock measure time",
+    "can wind turn the blades of a windmill",
 )
 _FALSE_FACTS = (
-    "does a stone float on water", "does ice sink in water", "do plants grow best in total darkness",
-    "does a magnet attract wooden blocks", "does sound travel through empty space",
-    "do fish breathe with lungs like people", "is sand a liquid", "does a ball roll up a slope by itself",
-    "do cows lay eggs", "does snow feel hot", "is a brick lighter than a feather", "does paper sink like a rock",
-    "do insects have ten legs", "is a circle a shape with corners", "does water flow uphill on its own",
-    "can a person breathe under water without help", "does a candle burn without oxygen",
-    "is a spider an insect with six legs", "does glass bend like rubber",
-    "is a whale a fish", "do seeds grow into rocks", "does sugar make food taste sour",
-    "is the ocean made of fresh water", "does a thermometer measure weight", "do penguins fly long distances",
-    "does metal melt in a glass of cold water", "is a triangle a shape with four sides",
-    "does an umbrella keep a person dry by making rain", "does cold weather make water boil",
-    "do people need sand to live", "does a shadow form where light shines freely",
+    "does a stone float on water",
+    "does ice sink in water",
+    "do plants grow best in total darkness",
+    "does a magnet attract wooden blocks",
+    "does sound travel through empty space",
+    "do fish breathe with lungs like people",
+    "is sand a liquid",
+    "does a ball roll up a slope by itself",
+    "do cows lay eggs",
+    "does snow feel hot",
+    "is a brick lighter than a feather",
+    "does paper sink like a rock",
+    "do insects have ten legs",
+    "is a circle a shape with corners",
+    "does water flow uphill on its own",
+    "can a person breathe under water without help",
+    "does a candle burn without oxygen",
+    "is a spider an insect with six legs",
+    "does glass bend like rubber",
+    "is a whale a fish",
+    "do seeds grow into rocks",
+    "does sugar make food taste sour",
+    "is the ocean made of fresh water",
+    "does a thermometer measure weight",
+    "do penguins fly long distances",
+    "does metal melt in a glass of cold water",
+    "is a triangle a shape with four sides",
+    "does an umbrella keep a person dry by making rain",
+    "does cold weather make water boil",
+    "do people need sand to live",
+    "does a shadow form where light shines freely",
     "can a rock soak up water like a sponge",
-    "does a clock measure distance", "do trees walk from place to place", "is steam colder than ice",
-    "does rain fall upward", "do snakes have legs", "is a mountain smaller than a marble",
+    "does a clock measure distance",
+    "do trees walk from place to place",
+    "is steam colder than ice",
+    "does rain fall upward",
+    "do snakes have legs",
+    "is a mountain smaller than a marble",
 )
 
 # (goal, good solution, bad solution) in the PIQA style.
@@ -92,32 +200,42 @@ _PHYSICAL_GOALS = (
     ("How do you dry wet clothes quickly?", "Hang them outside in a warm breeze.", "Fold them tightly in a drawer."),
     ("How do you cut a sheet of paper in half?", "Use scissors along a straight line.", "Use a spoon to tear it."),
     ("How do you keep bread fresh?", "Store it in a closed bag.", "Leave it open on a hot windowsill."),
-    ("How do you stop a door from slamming in the wind?", "Put a door stop in front of it.",
-     "Open all the windows wider."),
+    (
+        "How do you stop a door from slamming in the wind?",
+        "Put a door stop in front of it.",
+        "Open all the windows wider.",
+    ),
     ("How do you cool a hot drink quickly?", "Add a few ice cubes.", "Wrap it in a warm blanket."),
-    ("How do you find a lost coin in the dark?", "Use a flashlight to look on the floor.",
-     "Close your eyes and wait."),
+    ("How do you find a lost coin in the dark?", "Use a flashlight to look on the floor.", "Close your eyes and wait."),
     ("How do you loosen a tight jar lid?", "Run the lid under warm water and twist.", "Put the jar in the freezer."),
     ("How do you keep a plant healthy?", "Water it and give it sunlight.", "Keep it in a dark closet without water."),
     ("How do you carry water to the garden?", "Use a bucket or a watering can.", "Use a paper bag."),
-    ("How do you remove a splinter from a finger?", "Use clean tweezers to pull it out.",
-     "Hit the finger with a hammer."),
+    (
+        "How do you remove a splinter from a finger?",
+        "Use clean tweezers to pull it out.",
+        "Hit the finger with a hammer.",
+    ),
     ("How do you keep ice cream from melting?", "Keep it in the freezer.", "Leave it on a sunny table."),
     ("How do you make a room brighter at night?", "Turn on a lamp.", "Close the curtains."),
     ("How do you clean a muddy shoe?", "Brush off the mud and wipe it with water.", "Roll it in more mud."),
     ("How do you keep warm on a cold day?", "Wear a coat and a scarf.", "Wear wet clothes."),
-    ("How do you stop a nosebleed?", "Lean forward and pinch the soft part of the nose.",
-     "Lie down and tilt the head far back."),
+    (
+        "How do you stop a nosebleed?",
+        "Lean forward and pinch the soft part of the nose.",
+        "Lie down and tilt the head far back.",
+    ),
     ("How do you soften hard butter?", "Leave it at room temperature for a while.", "Put it in the freezer."),
     ("How do you hang a picture on a wall?", "Use a nail and a hammer.", "Use a drop of water."),
     ("How do you measure the length of a table?", "Use a tape measure.", "Use a thermometer."),
     ("How do you boil an egg?", "Put it in a pot of boiling water.", "Put it in a glass of cold water."),
-    ("How do you keep mosquitoes out of a bedroom?", "Close the window screens.",
-     "Leave a bright light on by the open window."),
+    (
+        "How do you keep mosquitoes out of a bedroom?",
+        "Close the window screens.",
+        "Leave a bright light on by the open window.",
+    ),
     ("How do you sharpen a pencil?", "Use a pencil sharpener.", "Dip it in water."),
     ("How do you wake up on time?", "Set an alarm clock.", "Stay up all night before."),
-    ("How do you fix a flat bicycle tire?", "Patch the hole and pump air into the tire.",
-     "Pour sand into the tire."),
+    ("How do you fix a flat bicycle tire?", "Patch the hole and pump air into the tire.", "Pour sand into the tire."),
     ("How do you see better in a dark cellar?", "Bring a flashlight.", "Wear sunglasses."),
     ("How do you keep milk from going bad?", "Keep it in the refrigerator.", "Keep it next to the oven."),
     ("How do you put out a small campfire?", "Pour water over it and stir the ashes.", "Add more dry wood."),
@@ -128,43 +246,112 @@ _PHYSICAL_GOALS = (
 
 # task -> the tool for it, for "To <task>, what should you use?"
 _TASK_TOOLS = (
-    ("drive a nail into wood", "a hammer"), ("cut a board in two", "a saw"), ("dig a hole in the garden", "a shovel"),
-    ("sweep the floor", "a broom"), ("write a letter", "a pen"), ("see tiny cells", "a microscope"),
-    ("see faraway stars", "a telescope"), ("measure how hot it is", "a thermometer"),
-    ("weigh flour for a cake", "a kitchen scale"), ("tell the time", "a clock"), ("eat soup", "a spoon"),
-    ("boil water", "a kettle"), ("unlock a door", "a key"), ("tighten a bolt", "a wrench"),
-    ("stir pancake batter", "a whisk"), ("drain cooked pasta", "a colander"), ("brush your teeth", "a toothbrush"),
-    ("comb tangled hair", "a comb"), ("draw a straight line", "a ruler"), ("find north", "a compass"),
-    ("stay dry in the rain", "an umbrella"), ("light a dark room", "a lamp"), ("water the plants", "a watering can"),
-    ("carry groceries", "a shopping bag"), ("cut paper shapes", "scissors"), ("rake fallen leaves", "a rake"),
-    ("peel a potato", "a peeler"), ("grate cheese", "a grater"), ("chop firewood", "an axe"),
+    ("drive a nail into wood", "a hammer"),
+    ("cut a board in two", "a saw"),
+    ("dig a hole in the garden", "a shovel"),
+    ("sweep the floor", "a broom"),
+    ("write a letter", "a pen"),
+    ("see tiny cells", "a microscope"),
+    ("see faraway stars", "a telescope"),
+    ("measure how hot it is", "a thermometer"),
+    ("weigh flour for a cake", "a kitchen scale"),
+    ("tell the time", "a clock"),
+    ("eat soup", "a spoon"),
+    ("boil water", "a kettle"),
+    ("unlock a door", "a key"),
+    ("tighten a bolt", "a wrench"),
+    ("stir pancake batter", "a whisk"),
+    ("drain cooked pasta", "a colander"),
+    ("brush your teeth", "a toothbrush"),
+    ("comb tangled hair", "a comb"),
+    ("draw a straight line", "a ruler"),
+    ("find north", "a compass"),
+    ("stay dry in the rain", "an umbrella"),
+    ("light a dark room", "a lamp"),
+    ("water the plants", "a watering can"),
+    ("carry groceries", "a shopping bag"),
+    ("cut paper shapes", "scissors"),
+    ("rake fallen leaves", "a rake"),
+    ("peel a potato", "a peeler"),
+    ("grate cheese", "a grater"),
+    ("chop firewood", "an axe"),
     ("turn a screw", "a screwdriver"),
 )
 
 # (feeling, situations that cause it) in the SIQA style; every situation is about "someone".
 _FEELINGS = (
-    ("happy", ("Someone got a surprise party from their friends.", "Someone won the game they practiced for.",
-               "Someone received a kind letter from an old friend.", "Someone finally finished building a treehouse.")),
-    ("sad", ("Someone's pet goldfish died this morning.", "Someone lost the bracelet their grandmother gave them.",
-             "Someone's best friend moved far away.", "Someone's favorite toy broke beyond repair.")),
-    ("worried", ("Someone could not find their keys before an important trip.",
-                 "Someone heard a strange noise downstairs at night.",
-                 "Someone's little brother did not come home at the usual time.",
-                 "Someone forgot to study for a test tomorrow.")),
-    ("tired", ("Someone ran a long race in the heat.", "Someone stayed awake all night to finish a project.",
-               "Someone carried heavy boxes up the stairs all day.", "Someone walked home after a long shift.")),
-    ("grateful", ("Someone's neighbor fixed their broken fence for free.",
-                  "Someone's friend lent them money when they needed it.",
-                  "Someone's coworker covered their shift while they were sick.",
-                  "Someone's teacher stayed late to help them learn.")),
-    ("proud", ("Someone graduated at the top of the class.", "Someone painted a picture that won a prize.",
-               "Someone learned to ride a bicycle after many tries.", "Someone built a chair with their own hands.")),
-    ("angry", ("Someone's sandwich was taken from the fridge at work.",
-               "Someone waited an hour and the shop closed in their face.",
-               "Someone's bicycle was damaged by a careless driver.",
-               "Someone was blamed for a mistake they did not make.")),
-    ("scared", ("Someone saw a large dog running straight at them.", "Someone got lost in a dark forest.",
-                "Someone heard thunder crash right above the house.", "Someone stood at the edge of a high cliff.")),
+    (
+        "happy",
+        (
+            "Someone got a surprise party from their friends.",
+            "Someone won the game they practiced for.",
+            "Someone received a kind letter from an old friend.",
+            "Someone finally finished building a treehouse.",
+        ),
+    ),
+    (
+        "sad",
+        (
+            "Someone's pet goldfish died this morning.",
+            "Someone lost the bracelet their grandmother gave them.",
+            "Someone's best friend moved far away.",
+            "Someone's favorite toy broke beyond repair.",
+        ),
+    ),
+    (
+        "worried",
+        (
+            "Someone could not find their keys before an important trip.",
+            "Someone heard a strange noise downstairs at night.",
+            "Someone's little brother did not come home at the usual time.",
+            "Someone forgot to study for a test tomorrow.",
+        ),
+    ),
+    (
+        "tired",
+        (
+            "Someone ran a long race in the heat.",
+            "Someone stayed awake all night to finish a project.",
+            "Someone carried heavy boxes up the stairs all day.",
+            "Someone walked home after a long shift.",
+        ),
+    ),
+    (
+        "grateful",
+        (
+            "Someone's neighbor fixed their broken fence for free.",
+            "Someone's friend lent them money when they needed it.",
+            "Someone's coworker covered their shift while they were sick.",
+            "Someone's teacher stayed late to help them learn.",
+        ),
+    ),
+    (
+        "proud",
+        (
+            "Someone graduated at the top of the class.",
+            "Someone painted a picture that won a prize.",
+            "Someone learned to ride a bicycle after many tries.",
+            "Someone built a chair with their own hands.",
+        ),
+    ),
+    (
+        "angry",
+        (
+            "Someone's sandwich was taken from the fridge at work.",
+            "Someone waited an hour and the shop closed in their face.",
+            "Someone's bicycle was damaged by a careless driver.",
+            "Someone was blamed for a mistake they did not make.",
+        ),
+    ),
+    (
+        "scared",
+        (
+            "Someone saw a large dog running straight at them.",
+            "Someone got lost in a dark forest.",
+            "Someone heard thunder crash right above the house.",
+            "Someone stood at the edge of a high cliff.",
+        ),
+    ),
 )
 _FEELING_QUESTIONS = ("How would someone feel afterwards?", "How would you describe someone after this?")
 
@@ -197,16 +384,55 @@ _ACTIVITIES = (
 )
 
 _OPPOSITES = (
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("wet", "dry"), ("full", "empty"),
-    ("open", "closed"), ("early", "late"), ("loud", "quiet"), ("hard", "easy"), ("high", "low"), ("long", "short"),
-    ("thick", "thin"), ("young", "old"), ("clean", "dirty"), ("bright", "dark"), ("rough", "smooth"),
-    ("strong", "weak"), ("sweet", "sour"), ("deep", "shallow"), ("wide", "narrow"), ("rich", "poor"),
-    ("happy", "sad"), ("above", "below"), ("push", "pull"), ("win", "lose"), ("buy", "sell"), ("first", "last"),
-    ("near", "far"), ("inside", "outside"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("wet", "dry"),
+    ("full", "empty"),
+    ("open", "closed"),
+    ("early", "late"),
+    ("loud", "quiet"),
+    ("hard", "easy"),
+    ("high", "low"),
+    ("long", "short"),
+    ("thick", "thin"),
+    ("young", "old"),
+    ("clean", "dirty"),
+    ("bright", "dark"),
+    ("rough", "smooth"),
+    ("strong", "weak"),
+    ("sweet", "sour"),
+    ("deep", "shallow"),
+    ("wide", "narrow"),
+    ("rich", "poor"),
+    ("happy", "sad"),
+    ("above", "below"),
+    ("push", "pull"),
+    ("win", "lose"),
+    ("buy", "sell"),
+    ("first", "last"),
+    ("near", "far"),
+    ("inside", "outside"),
 )
 
-_SYLLABLES = ("bla", "dro", "fep", "gli", "kro", "lum", "mip", "nox", "pra", "quo", "rin", "sef", "tuv", "vel",
-              "wib", "zar")
+_SYLLABLES = (
+    "bla",
+    "dro",
+    "fep",
+    "gli",
+    "kro",
+    "lum",
+    "mip",
+    "nox",
+    "pra",
+    "quo",
+    "rin",
+    "sef",
+    "tuv",
+    "vel",
+    "wib",
+    "zar",
+)
 
 
 def builtin_corpus_records() -> list[Record]:
@@ -234,8 +460,15 @@ def _boolq(question: str, truth: bool) -> Record:
     )
 
 
-def _choices(question: str, correct: str, wrong: Sequence[str], rng: random.Random, *, kind: str = "answer",
-             lead: str = "Please choose the correct answer to the question:") -> Record:
+def _choices(
+    question: str,
+    correct: str,
+    wrong: Sequence[str],
+    rng: random.Random,
+    *,
+    kind: str = "answer",
+    lead: str = "Please choose the correct answer to the question:",
+) -> Record:
     """A multiple-choice record with the correct option at a random position (`kind`: answer/ending)."""
     options = [correct, *wrong]
     rng.shuffle(options)
@@ -295,7 +528,7 @@ def _physics_truths(rng: random.Random) -> Iterator[Record]:
         yield _boolq(fact, False)
     for ordered, adjective in ((_BY_WEIGHT, "heavier"), (_BY_SIZE, "bigger")):
         for i, small in enumerate(ordered):
-            for big in ordered[i + 1:]:
+            for big in ordered[i + 1 :]:
                 if rng.random() < 0.5:
                     yield _boolq(f"is {_article(big)} {adjective} than {_article(small)}", True)
                 else:
@@ -360,13 +593,14 @@ def _multiple_choice(rng: random.Random) -> Iterator[Record]:
             yield _choices(f"What is {a} times {b}?", str(a * b), [str(w) for w in rng.sample(wrong, 3)], rng)
     words = sorted({w for items in CATEGORIES.values() for w in items})
     for _ in range(150):
-        picks = rng.sample(words, 4)
-        first = min(picks)
-        yield _choices("Which word comes first in alphabetical order?", first, [w for w in picks if w != first], rng)
+        picked = rng.sample(words, 4)
+        first = min(picked)
+        yield _choices("Which word comes first in alphabetical order?", first, [w for w in picked if w != first], rng)
     tools = [tool for _, tool in _TASK_TOOLS]
     for task, tool in _TASK_TOOLS:
-        yield _choices(f"Which tool would you use to {task}?", tool, rng.sample([t for t in tools if t != tool], 3),
-                       rng)
+        yield _choices(
+            f"Which tool would you use to {task}?", tool, rng.sample([t for t in tools if t != tool], 3), rng
+        )
 
 
 def _number_puzzles(rng: random.Random) -> Iterator[Record]:
@@ -387,8 +621,9 @@ def _number_puzzles(rng: random.Random) -> Iterator[Record]:
     words = sorted({w for items in CATEGORIES.values() for w in items if " " not in w})
     for word in words:
         wrong = sorted({len(word) + d for d in (-2, -1, 1, 2, 3)} - {len(word)})
-        yield _choices(f'How many letters are in the word "{word}"?', str(len(word)),
-                       [str(w) for w in rng.sample(wrong, 3)], rng)
+        yield _choices(
+            f'How many letters are in the word "{word}"?', str(len(word)), [str(w) for w in rng.sample(wrong, 3)], rng
+        )
 
 
 def _opposites(rng: random.Random) -> Iterator[Record]:
@@ -414,8 +649,14 @@ def _endings(rng: random.Random) -> Iterator[Record]:
     endings = [e for _, e in _ACTIVITIES]
     for context, ending in _ACTIVITIES:
         for _ in range(3):
-            yield _choices(context, ending, rng.sample([e for e in endings if e != ending], 3), rng, kind="ending",
-                           lead="Please choose the correct ending to complete the given sentence:")
+            yield _choices(
+                context,
+                ending,
+                rng.sample([e for e in endings if e != ending], 3),
+                rng,
+                kind="ending",
+                lead="Please choose the correct ending to complete the given sentence:",
+            )
 
 
 def _fill_blanks(rng: random.Random) -> Iterator[Record]:
@@ -440,21 +681,32 @@ def _fill_blanks(rng: random.Random) -> Iterator[Record]:
         )
 
     for i, small in enumerate(_CONTAINMENT):
-        for big in _CONTAINMENT[i + 1:]:
+        for big in _CONTAINMENT[i + 1 :]:
             for template, key in templates:
-                yield wino(template.format(s=small, b=big), small if key == "s" else big,
-                           big if key == "s" else small)
+                yield wino(template.format(s=small, b=big), small if key == "s" else big, big if key == "s" else small)
     for i, light in enumerate(_BY_WEIGHT):
-        for heavy in _BY_WEIGHT[i + 2:]:
+        for heavy in _BY_WEIGHT[i + 2 :]:
             for template, key in weight:
-                yield wino(template.format(h=heavy, l=light), heavy if key == "h" else light,
-                           light if key == "h" else heavy)
+                yield wino(
+                    template.format(h=heavy, l=light), heavy if key == "h" else light, light if key == "h" else heavy
+                )
             if light in floats and heavy in ("coin", "egg", "brick", "paper clip"):
-                yield wino(f"The {heavy} sank to the bottom but the {light} floated, because the _ was heavier.",
-                           heavy, light)
+                yield wino(
+                    f"The {heavy} sank to the bottom but the {light} floated, because the _ was heavier.", heavy, light
+                )
 
 
 _FAMILIES: tuple[Callable[[random.Random], Iterator[Record]], ...] = (
-    _arithmetic_truths, _category_truths, _word_truths, _physics_truths, _syllogisms,
-    _physical_solutions, _multiple_choice, _number_puzzles, _opposites, _feelings, _endings, _fill_blanks,
+    _arithmetic_truths,
+    _category_truths,
+    _word_truths,
+    _physics_truths,
+    _syllogisms,
+    _physical_solutions,
+    _multiple_choice,
+    _number_puzzles,
+    _opposites,
+    _feelings,
+    _endings,
+    _fill_blanks,
 )

@@ -53,9 +53,7 @@ def load_edit_requests(
     if n is None:
         return requests
     if n > len(requests):
-        raise ValueError(
-            f"Asked for {n} edit requests but {name} has only {len(requests)} valid ones; lower n."
-        )
+        raise ValueError(f"Asked for {n} edit requests but {name} has only {len(requests)} valid ones; lower n.")
     if seed is None:
         return requests[:n]
     chosen = sorted(random.Random(seed).sample(range(len(requests)), n))
@@ -148,7 +146,9 @@ def _detect_format(records: list[dict[str, Any]], name: str) -> str:
     if "template" in first and "target_new" in first:
         return "builtin"
     raise DataFormatError(
-        name, 0, None,
+        name,
+        0,
+        None,
         f"unrecognised edit-request format (keys {sorted(first)}); expected CounterFact (ROME or EasyEdit), "
         "zsRE (MEMIT) or the built-in format",
     )
@@ -188,9 +188,7 @@ def _text_list(record: dict[str, Any], key: str, source: str, index: int) -> tup
 def _case_id(record: dict[str, Any], source: str, index: int) -> str:
     value = record.get("case_id", index)
     if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip():
-        raise DataFormatError(
-            source, index, "case_id", f"expected an integer or a non-empty string, got {value!r}"
-        )
+        raise DataFormatError(source, index, "case_id", f"expected an integer or a non-empty string, got {value!r}")
     return str(value)
 
 
@@ -199,11 +197,14 @@ def _checked_template(template: str, source: str, index: int, key: str) -> str:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
-        raise DataFormatError(source, index, key, f"bad template {template!r} ({err}); write literal braces "
-                              "as '{{' and '}}'") from err
+        raise DataFormatError(
+            source, index, key, f"bad template {template!r} ({err}); write literal braces as '{{{{' and '}}}}'"
+        ) from err
     if fields != [""]:
         raise DataFormatError(
-            source, index, key,
+            source,
+            index,
+            key,
             f"template {template!r} must contain exactly one '{{}}' for the subject "
             f"(found {len(fields)} fields" + (f": {fields}" if any(fields) else "") + ")",
         )
@@ -222,9 +223,7 @@ def _parse_rome(record: dict[str, Any], source: str, index: int, _zsre_target: s
         raise DataFormatError(source, index, "requested_rewrite", "missing or not an object")
     where = "requested_rewrite."
     subject = _text(rewrite, "subject", source, index, where=where)
-    template = _checked_template(
-        _text(rewrite, "prompt", source, index, where=where), source, index, where + "prompt"
-    )
+    template = _checked_template(_text(rewrite, "prompt", source, index, where=where), source, index, where + "prompt")
     targets = {}
     for key in ("target_new", "target_true"):
         target = rewrite.get(key)
@@ -347,7 +346,7 @@ _PARSERS: dict[str, _Parser] = {
 
 def _builtin_records(name: str) -> list[dict[str, Any]]:
     filename = "edits.json" if name == "builtin" else "control.json"
-    resource = resources.files("editdecay.data").joinpath("builtin", filename)
+    resource = resources.files("editdecay.data").joinpath("builtin").joinpath(filename)
     if not resource.is_file():
         raise FileNotFoundError(f"The built-in suite file {filename} is missing from editdecay/data/builtin.")
     return json.loads(resource.read_text(encoding="utf-8"))

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from editdecay.data.corpus import InstructionExample, format_prompt
 from editdecay.data.edit_requests import read_json_records
+from editdecay.data.instruction_corpus import InstructionExample, format_prompt
 from editdecay.data.records import DataFormatError
 
 BUILTIN_TASK = "builtin-commonsense"
@@ -55,21 +55,21 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("hellaswag", ("hellaswag",), _numbered("ending", 4), "Ending", cloze_style="continuation"),
         TaskSpec("winogrande", ("winogrande",), _numbered("option", 2), "Option", cloze_style="blank"),
         TaskSpec("ARC-Easy", ("arc-e", "arc_e", "arc-easy", "arc_easy"), _numbered("answer", 5), "Answer"),
-        TaskSpec("ARC-Challenge", ("arc-c", "arc_c", "arc-challenge", "arc_challenge"), _numbered("answer", 5),
-                 "Answer"),
+        TaskSpec(
+            "ARC-Challenge", ("arc-c", "arc_c", "arc-challenge", "arc_challenge"), _numbered("answer", 5), "Answer"
+        ),
         TaskSpec("openbookqa", ("obqa", "openbookqa"), _numbered("answer", 5), "Answer"),
-        TaskSpec(BUILTIN_TASK, ("builtin",), ("true", "false", *_numbered("answer", 4), *_numbered("option", 2)),
-                 None),
+        TaskSpec(BUILTIN_TASK, ("builtin",), ("true", "false", *_numbered("answer", 4), *_numbered("option", 2)), None),
     )
 }
-
 
 
 def register_task(spec: TaskSpec) -> None:
     """Add (or replace) a downstream task in the LLM-Adapters format under `spec.name`."""
     if not spec.vocabulary or spec.cloze_style not in ("cloze", "continuation", "blank"):
-        raise ValueError(f"Task {spec.name!r}: needs an answer vocabulary and a cloze style of cloze, continuation "
-                         "or blank.")
+        raise ValueError(
+            f"Task {spec.name!r}: needs an answer vocabulary and a cloze style of cloze, continuation or blank."
+        )
     TASKS[spec.name] = spec
 
 
@@ -184,28 +184,38 @@ def _parse_item(spec: TaskSpec, record: dict, source: str, index: int) -> TaskIt
     labels = tuple(format_match.group(1).lower().split("/")) if format_match else spec.vocabulary
     unknown = [label for label in labels if label not in spec.vocabulary]
     if unknown:
-        raise DataFormatError(source, index, "instruction",
-                              f"answer format lists {unknown}, not in the {spec.name} vocabulary {spec.vocabulary}")
+        raise DataFormatError(
+            source,
+            index,
+            "instruction",
+            f"answer format lists {unknown}, not in the {spec.name} vocabulary {spec.vocabulary}",
+        )
     if answer not in labels:
         raise DataFormatError(source, index, "answer", f"gold answer {answer!r} is not one of the options {labels}")
     body = instruction[: format_match.start()] if format_match else instruction
     stem, options = _split_options(spec, body, labels, source, index)
-    return TaskItem(spec.name, f"{spec.name}-{index}", instruction, input_text, answer, labels, options, stem,
-                    spec.cloze_style)
+    return TaskItem(
+        spec.name, f"{spec.name}-{index}", instruction, input_text, answer, labels, options, stem, spec.cloze_style
+    )
 
 
-def _split_options(spec: TaskSpec, body: str, labels: tuple[str, ...], source: str,
-                   index: int) -> tuple[str, tuple[str, ...]]:
+def _split_options(
+    spec: TaskSpec, body: str, labels: tuple[str, ...], source: str, index: int
+) -> tuple[str, tuple[str, ...]]:
     if spec.option_marker is None:
         return _PREAMBLE.sub("", body).strip(), labels
     marks = list(re.finditer(rf"{spec.option_marker}(\d+):\s*", body))
     numbers = [int(m.group(1)) for m in marks]
     if numbers != list(range(1, len(labels) + 1)):
-        raise DataFormatError(source, index, "instruction",
-                              f"expected options {spec.option_marker}1..{spec.option_marker}{len(labels)} in order, "
-                              f"found numbers {numbers}")
+        raise DataFormatError(
+            source,
+            index,
+            "instruction",
+            f"expected options {spec.option_marker}1..{spec.option_marker}{len(labels)} in order, "
+            f"found numbers {numbers}",
+        )
     ends = [m.start() for m in marks[1:]] + [len(body)]
-    options = tuple(body[m.end():end].strip() for m, end in zip(marks, ends, strict=True))
+    options = tuple(body[m.end() : end].strip() for m, end in zip(marks, ends, strict=True))
     if any(not option for option in options):
         raise DataFormatError(source, index, "instruction", "an option text is empty")
     return _PREAMBLE.sub("", body[: marks[0].start()]).strip(), options
@@ -221,18 +231,23 @@ def builtin_task_items(n_per_kind: int = 16, seed: int = 0) -> list[TaskItem]:
     for _ in range(n_per_kind):
         a, b = rng.sample(range(2, 60), 2)
         question = f"is {a} larger than {b}?"
-        instruction = ("Please answer the following question with true or false, question: "
-                       f"{question}\n\nAnswer format: true/false")
-        records.append((instruction, "true" if a > b else "false", ("true", "false"), ("true", "false"), question,
-                        "cloze"))
+        instruction = (
+            "Please answer the following question with true or false, question: "
+            f"{question}\n\nAnswer format: true/false"
+        )
+        records.append(
+            (instruction, "true" if a > b else "false", ("true", "false"), ("true", "false"), question, "cloze")
+        )
     for _ in range(n_per_kind):
         numbers = rng.sample(range(1, 100), 4)
         largest = numbers.index(max(numbers)) + 1
         question = "Which of these numbers is the largest?"
         options = tuple(str(n) for n in numbers)
         listed = " ".join(f"Answer{i}: {n}" for i, n in enumerate(options, 1))
-        instruction = (f"Please choose the correct answer to the question: {question}\n\n{listed}\n\n"
-                       "Answer format: answer1/answer2/answer3/answer4")
+        instruction = (
+            f"Please choose the correct answer to the question: {question}\n\n{listed}\n\n"
+            "Answer format: answer1/answer2/answer3/answer4"
+        )
         records.append((instruction, f"answer{largest}", _numbered("answer", 4), options, question, "cloze"))
     names = ["Anna", "Ben", "Carla", "David", "Elena", "Farid", "Grace", "Hugo"]
     for _ in range(n_per_kind):
@@ -240,8 +255,10 @@ def builtin_task_items(n_per_kind: int = 16, seed: int = 0) -> list[TaskItem]:
         first, second = (tall, short) if rng.random() < 0.5 else (short, tall)
         relation = "taller" if first == tall else "shorter"
         sentence = f"{first} is {relation} than {second}, so _ can reach the top shelf more easily."
-        instruction = ("Please choose the correct answer to fill in the blank to complete the given sentence: "
-                       f"{sentence}\n\nOption1: {first} Option2: {second} Answer format: option1/option2")
+        instruction = (
+            "Please choose the correct answer to fill in the blank to complete the given sentence: "
+            f"{sentence}\n\nOption1: {first} Option2: {second} Answer format: option1/option2"
+        )
         answer = "option1" if tall == first else "option2"
         records.append((instruction, answer, _numbered("option", 2), (first, second), sentence, "blank"))
     return [

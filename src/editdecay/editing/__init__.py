@@ -1,7 +1,7 @@
 """Knowledge editors (MEMIT, AlphaEdit) and what they share: statistics, targets, solves, weight patches."""
 
+from editdecay.data.stats_text import MODEL_SAMPLED, open_corpus
 from editdecay.editing.alphaedit import AlphaEditEditor, AlphaEditState
-from editdecay.editing.corpus import MODEL_SAMPLED, open_corpus
 from editdecay.editing.editor import LocateEditor
 from editdecay.editing.hparams import PRESETS, AlphaEditHyperParams, MemitHyperParams
 from editdecay.editing.memit import MemitEditor
@@ -12,7 +12,7 @@ from editdecay.editing.solve import SolveError, alphaedit_delta, memit_delta, nu
 from editdecay.editing.stats import LayerStats, StatisticError, StatsStore, collect_stats
 from editdecay.editing.subject import EditInputError
 from editdecay.editing.target_store import TargetKey, TargetStore
-from editdecay.editing.targets import TargetOptimisationError
+from editdecay.editing.target_values import TargetOptimisationError
 
 __all__ = [
     "EDITORS",

@@ -53,8 +53,9 @@ class AlphaEditState:
             raise FileNotFoundError(f"{directory} is not a saved AlphaEditState (missing state.json).")
         meta = json.loads((directory / "state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(directory / "cache.safetensors"))
-        return cls(list(meta["layers"]), {int(k): v for k, v in tensors.items()}, int(meta["n_edits"]),
-                   int(meta["n_batches"]))
+        return cls(
+            list(meta["layers"]), {int(k): v for k, v in tensors.items()}, int(meta["n_edits"]), int(meta["n_batches"])
+        )
 
 
 class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
@@ -63,9 +64,16 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
     name = "alphaedit"
     hparams_class = AlphaEditHyperParams
 
-    def edit_sequential(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
-                        context: EditContext | None = None, *, state: AlphaEditState | None = None,
-                        in_place: bool = False) -> tuple[WeightPatch, AlphaEditState]:
+    def edit_sequential(
+        self,
+        model: nn.Module,
+        tokenizer,
+        requests: Sequence[EditRequest],
+        context: EditContext | None = None,
+        *,
+        state: AlphaEditState | None = None,
+        in_place: bool = False,
+    ) -> tuple[WeightPatch, AlphaEditState]:
         """Like `edit`, continuing from (and returning) the key cache of earlier batches."""
         return self._edit(model, tokenizer, requests, context or EditContext(), in_place=in_place, state=state)
 
@@ -74,13 +82,22 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
             raise ValueError("AlphaEdit needs the second-moment statistic (mom2_adjustment must be true).")
         projectors = {}
         for layer in hp.layers:
-            projector = nullspace_projector(run.stats[layer].moment, threshold=hp.nullspace_threshold,
-                                            energy=hp.nullspace_energy, layer=layer)
-            log.info("AlphaEdit layer %d: null space keeps %d of %d directions (%s)", layer, projector.kept,
-                     projector.total, projector.rule)
+            projector = nullspace_projector(
+                run.stats[layer].moment, threshold=hp.nullspace_threshold, energy=hp.nullspace_energy, layer=layer
+            )
+            log.info(
+                "AlphaEdit layer %d: null space keeps %d of %d directions (%s)",
+                layer,
+                projector.kept,
+                projector.total,
+                projector.rule,
+            )
             if projector.kept == 0:
-                log.warning("AlphaEdit layer %d: no direction is kept, so this layer cannot change. Raise "
-                            "nullspace_threshold or use nullspace_energy.", layer)
+                log.warning(
+                    "AlphaEdit layer %d: no direction is kept, so this layer cannot change. Raise "
+                    "nullspace_threshold or use nullspace_energy.",
+                    layer,
+                )
             projectors[layer] = projector
         run.extra["nullspace"] = {str(layer): p.summary() for layer, p in projectors.items()}
         return projectors
@@ -93,17 +110,26 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
         # A copy: the caller's state is left as it was if this edit fails.
         return AlphaEditState(list(state.layers), dict(state.cache), state.n_edits, state.n_batches)
 
-    def _layer_delta(self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: AlphaEditHyperParams,
-                     prepared: dict[int, Projector], state: AlphaEditState) -> torch.Tensor:
+    def _layer_delta(
+        self,
+        layer: int,
+        residual: torch.Tensor,
+        keys: torch.Tensor,
+        hp: AlphaEditHyperParams,
+        prepared: dict[int, Projector],
+        state: AlphaEditState,
+    ) -> torch.Tensor:
         m = keys.shape[0]
         previous = state.cache.get(layer)
         if previous is None:
             previous = torch.zeros(m, m, dtype=torch.float64)
-        return alphaedit_delta(residual, keys, prepared[layer].P.to(keys.device), previous.to(keys.device), hp.L2,
-                               layer=layer)
+        return alphaedit_delta(
+            residual, keys, prepared[layer].P.to(keys.device), previous.to(keys.device), hp.L2, layer=layer
+        )
 
-    def _after_batch(self, edited_keys: dict[int, torch.Tensor], n_requests: int,
-                     state: AlphaEditState) -> AlphaEditState:
+    def _after_batch(
+        self, edited_keys: dict[int, torch.Tensor], n_requests: int, state: AlphaEditState
+    ) -> AlphaEditState:
         # The batch's keys on the edited model join the preserved set (docs/algorithms.md §2, sequential memory).
         for layer, keys in edited_keys.items():
             k = keys.double()

@@ -23,7 +23,7 @@ from torch import nn
 
 import editdecay
 from editdecay.data import EditRequest
-from editdecay.editing.context import sample_context_templates
+from editdecay.editing.context_templates import sample_context_templates
 from editdecay.editing.hparams import (
     MemitHyperParams,
     fallback_hparams,
@@ -31,14 +31,14 @@ from editdecay.editing.hparams import (
     preset_values,
     read_hparams_file,
 )
-from editdecay.editing.keys import BlockInputs, compute_keys
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.protocol import EditContext
 from editdecay.editing.stats import LayerStats, StatsStore
 from editdecay.editing.subject import EditInputError, check_request
+from editdecay.editing.subject_keys import BlockInputs, compute_keys
 from editdecay.editing.target_store import TargetKey, TargetStore
-from editdecay.editing.targets import TargetResult, compute_targets
+from editdecay.editing.target_values import TargetResult, compute_targets
 from editdecay.models import DtypeResolver, ModelShape, arch_for, default_cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,13 @@ class LocateEditor(ABC, Generic[HP]):
     name: ClassVar[str]
     hparams_class: ClassVar[type[MemitHyperParams]]
 
-    def __init__(self, hparams: dict[str, Any] | str | Path | MemitHyperParams | None = None, *,
-                 preset: str | None = None, dtypes: DtypeResolver | None = None) -> None:
+    def __init__(
+        self,
+        hparams: dict[str, Any] | str | Path | MemitHyperParams | None = None,
+        *,
+        preset: str | None = None,
+        dtypes: DtypeResolver | None = None,
+    ) -> None:
         self.dtypes = dtypes or DtypeResolver()
         if isinstance(hparams, MemitHyperParams):
             self.overrides: dict[str, Any] = hparams.to_dict()
@@ -96,9 +101,13 @@ class LocateEditor(ABC, Generic[HP]):
             base = preset_values(preset)
         else:
             base = fallback_hparams(shape)
-            log.warning("No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
-                        "Tune them for this model (bench/edit_speed.py shows how).", self.name, base["layers"],
-                        base["mom2_update_weight"])
+            log.warning(
+                "No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
+                "Tune them for this model (bench/edit_speed.py shows how).",
+                self.name,
+                base["layers"],
+                base["mom2_update_weight"],
+            )
         hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source).for_model(shape)
         model_dtype = None if isinstance(model, ModelShape) else next(model.parameters()).dtype
         if device is None:
@@ -107,14 +116,29 @@ class LocateEditor(ABC, Generic[HP]):
             device = str(next(model.parameters()).device)
         return hp.with_resolved_dtype(self.dtypes, device, shape, model_dtype)  # type: ignore[return-value]
 
-    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], context: EditContext | None = None,
-             *, in_place: bool = False) -> WeightPatch:
+    def edit(
+        self,
+        model: nn.Module,
+        tokenizer,
+        requests: Sequence[EditRequest],
+        context: EditContext | None = None,
+        *,
+        in_place: bool = False,
+    ) -> WeightPatch:
         """Edit `requests` into `model` and return the WeightPatch (the model is restored unless in_place)."""
         patch, _ = self._edit(model, tokenizer, requests, context or EditContext(), in_place=in_place, state=None)
         return patch
 
-    def _edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest], context: EditContext, *,
-              in_place: bool, state: Any) -> tuple[WeightPatch, Any]:
+    def _edit(
+        self,
+        model: nn.Module,
+        tokenizer,
+        requests: Sequence[EditRequest],
+        context: EditContext,
+        *,
+        in_place: bool,
+        state: Any,
+    ) -> tuple[WeightPatch, Any]:
         requests = list(requests)
         if not requests:
             raise EditInputError("No edit requests given.")
@@ -125,21 +149,42 @@ class LocateEditor(ABC, Generic[HP]):
         model.eval()  # dropout would make statistics, contexts and target values random
         stats = context.stats or StatsStore(default_cache_dir() / "stats")
         try:
-            return self._run(model, tokenizer, requests, hp, stats, context.seed, context.fingerprint, in_place,
-                             state, context.targets)
+            return self._run(
+                model,
+                tokenizer,
+                requests,
+                hp,
+                stats,
+                context.seed,
+                context.fingerprint,
+                in_place,
+                state,
+                context.targets,
+            )
         finally:
             model.train(was_training)
 
-    def _run(self, model: nn.Module, tokenizer, requests: list[EditRequest], hp: HP, stats: StatsStore, seed: int,
-             fingerprint: str | None, in_place: bool, state: Any, targets: TargetStore | None
-             ) -> tuple[WeightPatch, Any]:
+    def _run(
+        self,
+        model: nn.Module,
+        tokenizer,
+        requests: list[EditRequest],
+        hp: HP,
+        stats: StatsStore,
+        seed: int,
+        fingerprint: str | None,
+        in_place: bool,
+        state: Any,
+        targets: TargetStore | None,
+    ) -> tuple[WeightPatch, Any]:
         run = EditRun(hp, fingerprint or model_fingerprint(model), target_store=targets)
         started = time.perf_counter()
         run.stats = self._statistics(model, tokenizer, hp, stats, run.fingerprint)
         run.time("statistics", time.perf_counter() - started)
         tick = time.perf_counter()
-        run.contexts = sample_context_templates(model, tokenizer, count=hp.context_template_count,
-                                                length=hp.context_template_tokens, seed=seed)
+        run.contexts = sample_context_templates(
+            model, tokenizer, count=hp.context_template_count, length=hp.context_template_tokens, seed=seed
+        )
         run.time("context_templates", time.perf_counter() - tick)
         tick = time.perf_counter()
         prepared = self._prepare(hp, run)
@@ -150,15 +195,27 @@ class LocateEditor(ABC, Generic[HP]):
         names = {layer: arch.mlp_out_weight_name(layer) for layer in hp.layers}
         params = {layer: model.get_parameter(name) for layer, name in names.items()}
         originals = {layer: p.detach().clone() for layer, p in params.items()}
-        totals = {layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device)
-                  for layer, p in params.items()}
+        totals = {
+            layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device) for layer, p in params.items()
+        }
         restore = not in_place
         try:
             size = hp.batch_size or len(requests)
             for first in range(0, len(requests), size):
-                batch = requests[first: first + size]
-                state = self._edit_batch(model, tokenizer, batch, hp, run, prepared, state, params,
-                                         originals, totals, arch.mlp_out_transposed)
+                batch = requests[first : first + size]
+                state = self._edit_batch(
+                    model,
+                    tokenizer,
+                    batch,
+                    hp,
+                    run,
+                    prepared,
+                    state,
+                    params,
+                    originals,
+                    totals,
+                    arch.mlp_out_transposed,
+                )
         except BaseException:
             restore = True
             raise
@@ -168,17 +225,29 @@ class LocateEditor(ABC, Generic[HP]):
                     for layer, param in params.items():
                         param.copy_(originals[layer])
         run.time("total", time.perf_counter() - started)
-        patch = WeightPatch({names[layer]: totals[layer] for layer in hp.layers},
-                            self._manifest(run, requests, names, totals, seed))
+        patch = WeightPatch(
+            {names[layer]: totals[layer] for layer in hp.layers}, self._manifest(run, requests, names, totals, seed)
+        )
         return patch, state
 
-    def _edit_batch(self, model: nn.Module, tokenizer, batch: list[EditRequest], hp: HP, run: EditRun,
-                    prepared: Any, state: Any, params: dict[int, nn.Parameter],
-                    originals: dict[int, torch.Tensor], totals: dict[int, torch.Tensor],
-                    transposed: bool) -> Any:
+    def _edit_batch(
+        self,
+        model: nn.Module,
+        tokenizer,
+        batch: list[EditRequest],
+        hp: HP,
+        run: EditRun,
+        prepared: Any,
+        state: Any,
+        params: dict[int, nn.Parameter],
+        originals: dict[int, torch.Tensor],
+        totals: dict[int, torch.Tensor],
+        transposed: bool,
+    ) -> Any:
         z_layer = hp.layers[-1]
         settings = hp.target_settings()
         tick = time.perf_counter()
+
         def optimise() -> TargetResult:
             return compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
 
@@ -190,8 +259,11 @@ class LocateEditor(ABC, Generic[HP]):
             targets = optimise()
         run.time("targets", time.perf_counter() - tick)
         record: dict[str, Any] = {
-            "requests": len(batch), "target_steps_mean": sum(targets.steps) / len(batch),
-            "target_nll_mean": sum(targets.final_nll) / len(batch), "layers": {}}
+            "requests": len(batch),
+            "target_steps_mean": sum(targets.steps) / len(batch),
+            "target_nll_mean": sum(targets.final_nll) / len(batch),
+            "layers": {},
+        }
         device = next(model.parameters()).device
         # Layer l's keys read here are already those of the edited model: only the layers below it have
         # changed, and its own update and those above cannot reach them.
@@ -201,9 +273,17 @@ class LocateEditor(ABC, Generic[HP]):
             tick = time.perf_counter()
             norm = post_mlp_norm(model, layer)
             # Only the previous edit layer changed since the last pass, so this pass starts at its input.
-            current = compute_keys(model, tokenizer, batch, run.contexts, [layer], z_layer=z_layer,
-                                   values_at=[layer] if norm is not None else [], resume=inputs,
-                                   keep_inputs_of=layer if layer > 0 else None)
+            current = compute_keys(
+                model,
+                tokenizer,
+                batch,
+                run.contexts,
+                [layer],
+                z_layer=z_layer,
+                values_at=[layer] if norm is not None else [],
+                resume=inputs,
+                keep_inputs_of=layer if layer > 0 else None,
+            )
             inputs, edited_keys[layer] = current.inputs, current.keys[layer]
             run.time("keys", time.perf_counter() - tick)
             tick = time.perf_counter()
@@ -219,8 +299,10 @@ class LocateEditor(ABC, Generic[HP]):
                 totals[layer] += oriented.to(totals[layer].dtype)
                 params[layer].copy_(add_delta(originals[layer], totals[layer]))
             run.time("solve", time.perf_counter() - tick)
-            record["layers"][layer] = {"update_norm": float(delta.norm()),
-                                       "residual_norm_mean": float(residual.norm(dim=0).mean())}
+            record["layers"][layer] = {
+                "update_norm": float(delta.norm()),
+                "residual_norm_mean": float(residual.norm(dim=0).mean()),
+            }
         tick = time.perf_counter()
         reached = compute_keys(model, tokenizer, batch, run.contexts, [], z_layer=z_layer).z_current
         assert reached is not None
@@ -235,15 +317,30 @@ class LocateEditor(ABC, Generic[HP]):
         run.batches.append(record)
         return state
 
-    def _statistics(self, model: nn.Module, tokenizer, hp: HP, store: StatsStore, fingerprint: str
-                    ) -> dict[int, LayerStats]:
+    def _statistics(
+        self, model: nn.Module, tokenizer, hp: HP, store: StatsStore, fingerprint: str
+    ) -> dict[int, LayerStats]:
         if not hp.mom2_adjustment:
             return {}
-        return store.get_layer_stats(model, tokenizer, hp.layers, corpus=hp.mom2_dataset, n_tokens=hp.mom2_n_tokens,
-                                     dtype=hp.mom2_dtype, fingerprint=fingerprint, max_length=hp.mom2_max_length)
+        return store.get_layer_stats(
+            model,
+            tokenizer,
+            hp.layers,
+            corpus=hp.mom2_dataset,
+            n_tokens=hp.mom2_n_tokens,
+            dtype=hp.mom2_dtype,
+            fingerprint=fingerprint,
+            max_length=hp.mom2_max_length,
+        )
 
-    def _manifest(self, run: EditRun, requests: list[EditRequest], names: dict[int, str],
-                  totals: dict[int, torch.Tensor], seed: int) -> dict[str, Any]:
+    def _manifest(
+        self,
+        run: EditRun,
+        requests: list[EditRequest],
+        names: dict[int, str],
+        totals: dict[int, torch.Tensor],
+        seed: int,
+    ) -> dict[str, Any]:
         hp = run.hparams
         return {
             "editor": self.name,
@@ -254,9 +351,14 @@ class LocateEditor(ABC, Generic[HP]):
             "parameters": [names[layer] for layer in hp.layers],
             "request_ids": [r.case_id for r in requests],
             "base_fingerprint": run.fingerprint,
-            "protocol": {"n_requests": len(requests), "batch_size": hp.batch_size or len(requests),
-                         "sequential": hp.batch_size is not None and hp.batch_size < len(requests),
-                         "n_batches": len(run.batches), "seed": seed, "model_restored_between_batches": False},
+            "protocol": {
+                "n_requests": len(requests),
+                "batch_size": hp.batch_size or len(requests),
+                "sequential": hp.batch_size is not None and hp.batch_size < len(requests),
+                "n_batches": len(run.batches),
+                "seed": seed,
+                "model_restored_between_batches": False,
+            },
             "context_templates": run.contexts,
             "statistics": {str(layer): s.summary() for layer, s in run.stats.items()},
             "update_norms": {str(layer): float(totals[layer].norm()) for layer in hp.layers},
@@ -264,8 +366,12 @@ class LocateEditor(ABC, Generic[HP]):
             "timings": {k: round(v, 3) for k, v in run.timings.items()},
             "dtype_probes": [probe.to_dict() for probe in self.dtypes.results.values()],
             **run.extra,
-            "versions": {"editdecay": editdecay.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__, "python": platform.python_version()},
+            "versions": {
+                "editdecay": editdecay.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
         }
 
     @abstractmethod
@@ -273,8 +379,9 @@ class LocateEditor(ABC, Generic[HP]):
         """Per-layer data the update rule needs (computed once per `edit`)."""
 
     @abstractmethod
-    def _layer_delta(self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: HP, prepared: Any,
-                     state: Any) -> torch.Tensor:
+    def _layer_delta(
+        self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: HP, prepared: Any, state: Any
+    ) -> torch.Tensor:
         """The (d, m) update of one layer from residuals R (d, n) and keys K (m, n)."""
 
     def _initial_state(self, hp: HP, state: Any) -> Any:
@@ -283,4 +390,3 @@ class LocateEditor(ABC, Generic[HP]):
     def _after_batch(self, edited_keys: dict[int, torch.Tensor], n_requests: int, state: Any) -> Any:
         """Update the sequential state from this batch's keys (layer -> (n, m)) on the edited model."""
         return state
-

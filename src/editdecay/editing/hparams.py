@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch import nn
 
-from editdecay.editing.targets import TargetSettings
+from editdecay.editing.target_values import TargetSettings
 from editdecay.models import AUTO, DtypeResolver, ModelShape, check_layers, default_edit_layers
 from editdecay.models.arch import known_model, known_model_named
 
@@ -28,11 +28,26 @@ log = logging.getLogger(__name__)
 
 # Keys of published hparams files that name modules or harness settings: we resolve modules from the
 # model's ArchSpec, so these are recorded and otherwise ignored.
-_HARNESS_KEYS = frozenset({
-    "alg_name", "model_name", "device", "stats_dir", "model_parallel", "max_length", "P_loc",
-    "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
-    "lm_head_module", "fp16", "bf16", "specific_subject",
-})
+_HARNESS_KEYS = frozenset(
+    {
+        "alg_name",
+        "model_name",
+        "device",
+        "stats_dir",
+        "model_parallel",
+        "max_length",
+        "P_loc",
+        "rewrite_module_tmp",
+        "layer_module_tmp",
+        "mlp_module_tmp",
+        "attn_module_tmp",
+        "ln_f_module",
+        "lm_head_module",
+        "fp16",
+        "bf16",
+        "specific_subject",
+    }
+)
 
 HP = TypeVar("HP", bound="MemitHyperParams")
 
@@ -52,7 +67,7 @@ class MemitHyperParams:
     kl_factor: float = 0.0625
     mom2_adjustment: bool = True  # False: C = I (no second-moment statistic)
     mom2_update_weight: float = 15000.0
-    mom2_dataset: str = "model-sampled"  # a corpus spec for `editing.corpus.open_corpus`
+    mom2_dataset: str = "model-sampled"  # a corpus spec for `data.stats_text.open_corpus`
     mom2_n_samples: int | None = None  # reference meaning: number of documents; recorded, see mom2_n_tokens
     mom2_dtype: str = "float32"
     # --- editdecay extensions ---
@@ -109,10 +124,16 @@ class MemitHyperParams:
         """The target optimisation's settings (z at the last edit layer; `layers` must be resolved)."""
         if not self.layers:
             raise ValueError("The edit layers are not resolved yet (use the editor's resolved_hparams).")
-        return TargetSettings(z_layer=self.layers[-1], steps=self.v_num_grad_steps, lr=self.v_lr,
-                              weight_decay=self.v_weight_decay, clamp_norm_factor=self.clamp_norm_factor,
-                              kl_factor=self.kl_factor, early_stop_loss=self.v_early_stop_loss,
-                              compute_dtype=self.v_dtype)
+        return TargetSettings(
+            z_layer=self.layers[-1],
+            steps=self.v_num_grad_steps,
+            lr=self.v_lr,
+            weight_decay=self.v_weight_decay,
+            clamp_norm_factor=self.clamp_norm_factor,
+            kl_factor=self.kl_factor,
+            early_stop_loss=self.v_early_stop_loss,
+            compute_dtype=self.v_dtype,
+        )
 
     def replace(self: HP, **changes: Any) -> HP:
         merged = {**self.to_dict(), **changes}
@@ -158,16 +179,18 @@ class MemitHyperParams:
             )
         return hp
 
-    def with_resolved_dtype(self: HP, dtypes: DtypeResolver, device: str, shape: ModelShape,
-                            model_dtype: torch.dtype | None = None) -> HP:
+    def with_resolved_dtype(
+        self: HP, dtypes: DtypeResolver, device: str, shape: ModelShape, model_dtype: torch.dtype | None = None
+    ) -> HP:
         """`v_dtype` made concrete: `auto` becomes what the probe measured faster on `device` (a float64 model
         keeps float64: that precision was chosen on purpose, not for speed)."""
         if self.v_dtype == AUTO and model_dtype == torch.float64:
             return self.replace(v_dtype=None)
         if self.v_dtype not in (AUTO, "bfloat16"):
             return self
-        chosen = dtypes.resolve(self.v_dtype, device=device, d_in=shape.hidden_size, d_out=shape.intermediate_size,
-                                purpose="target steps")
+        chosen = dtypes.resolve(
+            self.v_dtype, device=device, d_in=shape.hidden_size, d_out=shape.intermediate_size, purpose="target steps"
+        )
         return self if chosen == self.v_dtype else self.replace(v_dtype=chosen)
 
 
@@ -232,29 +255,74 @@ def _int_list(value: Any, source: str) -> list[int]:
 
 # Published values (docs/algorithms.md §1): n_steps / v_lr / weight decay / clamp / kl / lambda.
 _PUBLISHED: dict[str, dict[str, Any]] = {
-    "gpt2-xl": {"v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5,
-                "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 20000.0},
-    "gpt-j-6b": {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 0.5,
-                 "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
+    "gpt2-xl": {
+        "v_num_grad_steps": 20,
+        "v_lr": 0.5,
+        "v_weight_decay": 0.5,
+        "clamp_norm_factor": 0.75,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 20000.0,
+    },
+    "gpt-j-6b": {
+        "v_num_grad_steps": 25,
+        "v_lr": 0.5,
+        "v_weight_decay": 0.5,
+        "clamp_norm_factor": 0.75,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 15000.0,
+    },
     # One public Llama-2 config uses mom2_update_weight = 1; 15000 is the standard setting.
-    "llama-2-7b": {"v_num_grad_steps": 25, "v_lr": 0.5, "v_weight_decay": 1e-3,
-                   "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
-    "llama-3-8b": {"v_num_grad_steps": 25, "v_lr": 0.1, "v_weight_decay": 0.5,
-                   "clamp_norm_factor": 0.75, "kl_factor": 0.0625, "mom2_update_weight": 15000.0},
+    "llama-2-7b": {
+        "v_num_grad_steps": 25,
+        "v_lr": 0.5,
+        "v_weight_decay": 1e-3,
+        "clamp_norm_factor": 4.0,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 15000.0,
+    },
+    "llama-3-8b": {
+        "v_num_grad_steps": 25,
+        "v_lr": 0.1,
+        "v_weight_decay": 0.5,
+        "clamp_norm_factor": 0.75,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 15000.0,
+    },
 }
 for _published in _PUBLISHED.values():
     # Published statistics: 100,000 Wikipedia documents in float32.
-    _published.update({"mom2_dataset": "wikipedia", "mom2_n_samples": 100_000, "mom2_dtype": "float32",
-                       "mom2_n_tokens": 10_000_000, "mom2_max_length": 1024})
+    _published.update(
+        {
+            "mom2_dataset": "wikipedia",
+            "mom2_n_samples": 100_000,
+            "mom2_dtype": "float32",
+            "mom2_n_tokens": 10_000_000,
+            "mom2_max_length": 1024,
+        }
+    )
 
 # Built-in models: chosen by measurement (bench/edit_speed.py); the measurements are in docs/presets.md.
 _MEASURED: dict[str, dict[str, Any]] = {
-    "smollm2-135m": {"v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
-                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 1500.0,
-                     "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
-    "gemma3-270m": {"v_num_grad_steps": 12, "v_lr": 1.0, "v_weight_decay": 1e-3,
-                    "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "mom2_update_weight": 500.0,
-                    "mom2_dataset": "model-sampled", "mom2_n_tokens": 10_000},
+    "smollm2-135m": {
+        "v_num_grad_steps": 12,
+        "v_lr": 1.0,
+        "v_weight_decay": 1e-3,
+        "clamp_norm_factor": 4.0,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 1500.0,
+        "mom2_dataset": "model-sampled",
+        "mom2_n_tokens": 10_000,
+    },
+    "gemma3-270m": {
+        "v_num_grad_steps": 12,
+        "v_lr": 1.0,
+        "v_weight_decay": 1e-3,
+        "clamp_norm_factor": 4.0,
+        "kl_factor": 0.0625,
+        "mom2_update_weight": 500.0,
+        "mom2_dataset": "model-sampled",
+        "mom2_n_tokens": 10_000,
+    },
 }
 
 # A preset holds the settings MEMIT and AlphaEdit share; AlphaEdit's own (threshold 2e-2, L2 10, sequential
@@ -267,8 +335,11 @@ def fallback_hparams(model: nn.Module | ModelShape) -> dict[str, Any]:
     (the MLP width). lambda ~ m keeps k^T (lambda C)^-1 k ~ 1 for a typical key, the regime of the published
     GPT-J (m = 16384, lambda = 15000) and Llama-2-7B (m = 11008, lambda = 15000) settings."""
     shape = ModelShape.of(model)
-    return {**_MEASURED["smollm2-135m"], "layers": list(default_edit_layers(shape)),
-            "mom2_update_weight": float(shape.intermediate_size)}
+    return {
+        **_MEASURED["smollm2-135m"],
+        "layers": list(default_edit_layers(shape)),
+        "mom2_update_weight": float(shape.intermediate_size),
+    }
 
 
 def preset_for_model(model: nn.Module | ModelShape) -> str | None:

@@ -21,8 +21,9 @@ def format_tag(fmt: str) -> str:
     return fmt.replace("/", "-")
 
 
-def write_keyed_tensors(path: str | Path, tensors: dict[str, torch.Tensor], key: dict[str, Any],
-                        **metadata: str) -> None:
+def write_keyed_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], key: dict[str, Any], **metadata: str
+) -> None:
     """Atomically write `tensors` (safetensors) with the cache `key` they were computed for in the metadata."""
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
     atomic_write_bytes(path, save(contiguous, metadata={"key": json.dumps(key, sort_keys=True), **metadata}))

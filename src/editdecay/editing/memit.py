@@ -19,8 +19,15 @@ class MemitEditor(LocateEditor[MemitHyperParams]):
         # mom2_adjustment = False: C = I (no statistic), as in the reference.
         return {layer: run.stats[layer].moment if layer in run.stats else None for layer in hp.layers}
 
-    def _layer_delta(self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: MemitHyperParams,
-                     prepared: dict[int, torch.Tensor | None], state: None) -> torch.Tensor:
+    def _layer_delta(
+        self,
+        layer: int,
+        residual: torch.Tensor,
+        keys: torch.Tensor,
+        hp: MemitHyperParams,
+        prepared: dict[int, torch.Tensor | None],
+        state: None,
+    ) -> torch.Tensor:
         moment = prepared[layer]
         if moment is None:
             moment = torch.eye(keys.shape[0], dtype=torch.float64)

@@ -37,8 +37,9 @@ class WeightPatch:
     def __init__(self, deltas: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
         if not deltas:
             raise ValueError("A WeightPatch needs at least one delta.")
-        self.deltas = {name: delta.detach().to("cpu", delta_dtype(delta.dtype)).contiguous()
-                       for name, delta in deltas.items()}
+        self.deltas = {
+            name: delta.detach().to("cpu", delta_dtype(delta.dtype)).contiguous() for name, delta in deltas.items()
+        }
         self.manifest = dict(manifest)
         self._originals: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -50,7 +51,7 @@ class WeightPatch:
         for name in sorted(self.deltas):
             delta = self.deltas[name]
             digest.update(f"{name}:{tuple(delta.shape)}".encode())
-            digest.update(memoryview(delta.reshape(-1).view(torch.uint8).numpy()))
+            digest.update(delta.reshape(-1).view(torch.uint8).numpy().data)
         return digest.hexdigest()
 
     @property
@@ -127,8 +128,9 @@ class WeightPatch:
         manifest = {**self.manifest, "patch_id": self.patch_id}
         with atomic_directory(directory) as staging:
             save_file(self.deltas, str(staging / DELTAS_FILE), metadata={"patch_id": self.patch_id})
-            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
-                                                 encoding="utf-8")
+            (staging / MANIFEST_FILE).write_text(
+                json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+            )
         return directory
 
     @classmethod
@@ -145,8 +147,10 @@ class WeightPatch:
         return patch
 
     def __repr__(self) -> str:
-        return (f"WeightPatch(id={self.patch_id[:12]}, editor={self.manifest.get('editor')}, layers={self.layers}, "
-                f"requests={len(self.request_ids)})")
+        return (
+            f"WeightPatch(id={self.patch_id[:12]}, editor={self.manifest.get('editor')}, layers={self.layers}, "
+            f"requests={len(self.request_ids)})"
+        )
 
 
 def add_delta(param: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,17 @@ class ResolvedHyperParams(Protocol):
 
 @runtime_checkable
 class Editor(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The registry name (read-only here, so a class attribute satisfies it, as in LocateEditor)."""
+        ...
 
     def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> ResolvedHyperParams:
         """The settings `edit` will use on this model (a ModelShape and a device suffice: no weights needed)."""
         ...
 
-    def edit(self, model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], context: EditContext
-             ) -> WeightPatch:
+    def edit(
+        self, model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], context: EditContext
+    ) -> WeightPatch:
         """The patch that edits `requests` into `model`; the caller's model is left as it was."""
         ...

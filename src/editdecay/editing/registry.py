@@ -15,8 +15,13 @@ from editdecay.models import DtypeResolver
 
 
 class EditorFactory(Protocol):
-    def __call__(self, hparams: dict[str, Any] | str | Path | None = None, *, preset: str | None = None,
-                 dtypes: DtypeResolver | None = None) -> Editor: ...
+    def __call__(
+        self,
+        hparams: dict[str, Any] | str | Path | None = None,
+        *,
+        preset: str | None = None,
+        dtypes: DtypeResolver | None = None,
+    ) -> Editor: ...
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,13 @@ register_editor(MemitEditor.name, MemitHyperParams, MemitEditor)
 register_editor(AlphaEditEditor.name, AlphaEditHyperParams, AlphaEditEditor)
 
 
-def build_editor(name: str, hparams: dict[str, Any] | str | Path | None = None, *,
-                 preset: str | None = None, dtypes: DtypeResolver | None = None) -> Editor:
+def build_editor(
+    name: str,
+    hparams: dict[str, Any] | str | Path | None = None,
+    *,
+    preset: str | None = None,
+    dtypes: DtypeResolver | None = None,
+) -> Editor:
     """An editor by name; `hparams` (a dict or a MEMIT JSON / EasyEdit YAML file) overrides the preset,
     which is `preset` when given, else recognised from the model at edit time."""
     key = name.lower()

@@ -15,8 +15,9 @@ class SolveError(ValueError):
     """A solve is ill-posed (singular or non-finite system); the message names the layer and the fix."""
 
 
-def memit_delta(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float, *, layer: int | None = None
-                ) -> torch.Tensor:
+def memit_delta(
+    R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float, *, layer: int | None = None
+) -> torch.Tensor:
     """Delta = R K^T (lam C + K K^T)^-1, in float64 via a Cholesky solve (no explicit inverse)."""
     where = f"layer {layer}" if layer is not None else "the solve"
     R64, K64, C64 = R.double(), K.double(), C.double()
@@ -46,8 +47,9 @@ class Projector:
         return {"kept": self.kept, "total": self.total, "rule": self.rule}
 
 
-def nullspace_projector(C: torch.Tensor, *, threshold: float = 2e-2, energy: float | None = None,
-                        layer: int | None = None) -> Projector:
+def nullspace_projector(
+    C: torch.Tensor, *, threshold: float = 2e-2, energy: float | None = None, layer: int | None = None
+) -> Projector:
     """Projector onto the directions C barely uses (docs/algorithms.md §2).
 
     Absolute rule (published): keep eigenvectors whose eigenvalue < `threshold`. Relative rule (when
@@ -69,8 +71,9 @@ def nullspace_projector(C: torch.Tensor, *, threshold: float = 2e-2, energy: flo
     return Projector(U0 @ U0.T, int(keep.sum()), values.numel(), rule)
 
 
-def alphaedit_delta(R: torch.Tensor, K: torch.Tensor, P: torch.Tensor, C_prev: torch.Tensor, alpha: float,
-                    *, layer: int | None = None) -> torch.Tensor:
+def alphaedit_delta(
+    R: torch.Tensor, K: torch.Tensor, P: torch.Tensor, C_prev: torch.Tensor, alpha: float, *, layer: int | None = None
+) -> torch.Tensor:
     """Delta^T = (P (K K^T + C_p) + alpha I)^-1 P K R^T, solved in float64 (LU; the system is not symmetric)."""
     where = f"layer {layer}" if layer is not None else "the solve"
     R64, K64, P64, Cp64 = R.double(), K.double(), P.double(), C_prev.double()
@@ -87,6 +90,9 @@ def alphaedit_delta(R: torch.Tensor, K: torch.Tensor, P: torch.Tensor, C_prev: t
 def _check_finite(where: str, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
-            hint = ("collect it again (check the model's dtype; use float32)" if name == "C"
-                    else "check the model and the target optimisation")
+            hint = (
+                "collect it again (check the model's dtype; use float32)"
+                if name == "C"
+                else "check the model and the target optimisation"
+            )
             raise SolveError(f"{where}: {name} has non-finite entries; {hint}.")

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from editdecay.editing.corpus import Corpus, SampledCorpus, TextCorpus, open_corpus, sample_sequences
+from editdecay.data.stats_text import Corpus, SampledCorpus, TextCorpus, open_corpus
 from editdecay.editing.keyed_tensors import format_tag, read_keyed_tensors, write_keyed_tensors
+from editdecay.editing.sampled_text import sample_sequences
 from editdecay.editing.subject import pad_right
 from editdecay.locking import file_lock, locked_compute
-from editdecay.models import arch_for, check_layers, mlp_out, model_fingerprint
+from editdecay.models import arch_for, check_layers, edit_matrix, mlp_out, model_fingerprint
 from editdecay.models.hooks import record, run_until
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,15 @@ class LayerStats:
     seconds: float
 
     def summary(self) -> dict[str, object]:
-        return {"layer": self.key.layer, "corpus": self.key.corpus_id, "n_tokens": self.n_tokens,
-                "n_documents": self.n_documents, "dtype": self.key.dtype, "max_length": self.key.max_length,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "layer": self.key.layer,
+            "corpus": self.key.corpus_id,
+            "n_tokens": self.n_tokens,
+            "n_documents": self.n_documents,
+            "dtype": self.key.dtype,
+            "max_length": self.key.max_length,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def collect_stats(
@@ -112,18 +119,19 @@ def collect_stats(
     torch_dtype = _DTYPES[dtype]
     arch = arch_for(model)
     names = [arch.mlp_out_path(layer) for layer in layers]
-    width = mlp_out(model, layers[0]).weight.shape[0 if arch.mlp_out_transposed else 1]
+    width = edit_matrix(model, layers[0]).shape[1]  # d_in: the key width
     sums = {layer: torch.zeros(width, width, dtype=torch_dtype) for layer in layers}
     device = next(model.parameters()).device
     batches = _batches(tokenizer, corpus, sequences, max_length, n_tokens)
     counted = documents = 0
     start = time.perf_counter()
-    with torch.no_grad(), record(model, names, "input") as keys, tqdm(
-        total=n_tokens, desc=f"statistics layers {layers}", unit="tok", unit_scale=True
-    ) as bar:
+    with (
+        torch.no_grad(),
+        record(model, names, "input") as keys,
+        tqdm(total=n_tokens, desc=f"statistics layers {layers}", unit="tok", unit_scale=True) as bar,
+    ):
         for input_ids, mask in batches:
-            run_until(model, mlp_out(model, layers[-1]), input_ids=input_ids.to(device),
-                      attention_mask=mask.to(device))
+            run_until(model, mlp_out(model, layers[-1]), input_ids=input_ids.to(device), attention_mask=mask.to(device))
             # Count exactly n_tokens: in the last batch only the first tokens still needed are kept.
             keep = _first_tokens(mask, n_tokens - counted)
             for layer, name in zip(layers, names, strict=True):
@@ -141,8 +149,14 @@ def collect_stats(
             f"Corpus {corpus.corpus_id!r} holds only {counted} tokens (at most {max_length} per document); "
             f"asked for {n_tokens}. Use a larger corpus or fewer tokens."
         )
-    log.info("Statistics for layers %s: %d tokens from %d documents in %.1f s (%.0f tokens/s)",
-             layers, counted, documents, seconds, counted / max(seconds, 1e-9))
+    log.info(
+        "Statistics for layers %s: %d tokens from %d documents in %.1f s (%.0f tokens/s)",
+        layers,
+        counted,
+        documents,
+        seconds,
+        counted / max(seconds, 1e-9),
+    )
     result = {}
     for layer in layers:
         moment = sums[layer] / counted
@@ -216,8 +230,17 @@ class StatsStore:
         seed: int = 0,
     ) -> dict[int, torch.Tensor]:
         """C_l for each layer: loaded when cached, otherwise collected (all missing layers in one pass)."""
-        found = self.get_layer_stats(model, tokenizer, layers, corpus=corpus, n_tokens=n_tokens, dtype=dtype,
-                                     fingerprint=fingerprint, max_length=max_length, seed=seed)
+        found = self.get_layer_stats(
+            model,
+            tokenizer,
+            layers,
+            corpus=corpus,
+            n_tokens=n_tokens,
+            dtype=dtype,
+            fingerprint=fingerprint,
+            max_length=max_length,
+            seed=seed,
+        )
         return {layer: stats.moment for layer, stats in found.items()}
 
     def get_layer_stats(
@@ -242,8 +265,10 @@ class StatsStore:
         check_layers(model, list(layers))
         fingerprint = fingerprint or model_fingerprint(model)
         source = open_corpus(corpus, seed=seed)
-        keys = {layer: StatsKey(fingerprint, layer, source.corpus_id, n_tokens, dtype, max_length)
-                for layer in sorted(set(layers))}
+        keys = {
+            layer: StatsKey(fingerprint, layer, source.corpus_id, n_tokens, dtype, max_length)
+            for layer in sorted(set(layers))
+        }
         found = self._load_missing(keys, {})
         if len(found) == len(keys):
             return found
@@ -254,8 +279,17 @@ class StatsStore:
                 sequences = None
                 if isinstance(source, SampledCorpus):
                     sequences = self._sampled(model, tokenizer, source, n_tokens, max_length, fingerprint)
-                fresh = collect_stats(model, tokenizer, missing, source, n_tokens=n_tokens, dtype=dtype,
-                                      max_length=max_length, fingerprint=fingerprint, sequences=sequences)
+                fresh = collect_stats(
+                    model,
+                    tokenizer,
+                    missing,
+                    source,
+                    n_tokens=n_tokens,
+                    dtype=dtype,
+                    max_length=max_length,
+                    fingerprint=fingerprint,
+                    sequences=sequences,
+                )
                 for stats in fresh.values():
                     self._save(stats)
                 found.update(fresh)
@@ -278,13 +312,19 @@ class StatsStore:
             return None
         tensors, meta = found
         log.info("Loaded cached statistic of layer %d from %s", key.layer, self.path(key))
-        return LayerStats(key, tensors["moment"], int(meta["n_tokens"]), int(meta["n_documents"]),
-                          float(meta["seconds"]))
+        return LayerStats(
+            key, tensors["moment"], int(meta["n_tokens"]), int(meta["n_documents"]), float(meta["seconds"])
+        )
 
     def _save(self, stats: LayerStats) -> None:
-        write_keyed_tensors(self.path(stats.key), {"moment": stats.moment}, asdict(stats.key),
-                            n_tokens=str(stats.n_tokens), n_documents=str(stats.n_documents),
-                            seconds=str(stats.seconds))
+        write_keyed_tensors(
+            self.path(stats.key),
+            {"moment": stats.moment},
+            asdict(stats.key),
+            n_tokens=str(stats.n_tokens),
+            n_documents=str(stats.n_documents),
+            seconds=str(stats.seconds),
+        )
 
     def _sampled(
         self, model: nn.Module, tokenizer, source: SampledCorpus, n_tokens: int, length: int, fingerprint: str
@@ -292,10 +332,16 @@ class StatsStore:
         """Sampled token sequences, cached next to the statistics (sampling is the expensive part); shared by
         the statistics of every dtype, so taken under a lock of its own (always after a statistics lock)."""
         name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", source.corpus_id)
-        path = (self.root / fingerprint
-                / f"sampled-{name}-n{n_tokens}-len{length}.{format_tag(SAMPLED_FORMAT)}.safetensors")
-        key = {"fingerprint": fingerprint, "corpus_id": source.corpus_id, "n_tokens": n_tokens, "length": length,
-               "format": SAMPLED_FORMAT}
+        path = (
+            self.root / fingerprint / f"sampled-{name}-n{n_tokens}-len{length}.{format_tag(SAMPLED_FORMAT)}.safetensors"
+        )
+        key = {
+            "fingerprint": fingerprint,
+            "corpus_id": source.corpus_id,
+            "n_tokens": n_tokens,
+            "length": length,
+            "format": SAMPLED_FORMAT,
+        }
 
         def load() -> list[torch.Tensor] | None:
             found = read_keyed_tensors(path, key)
@@ -304,6 +350,6 @@ class StatsStore:
         def save(sequences: list[torch.Tensor]) -> None:
             write_keyed_tensors(path, {"ids": torch.stack(sequences)}, key)
 
-        return locked_compute(path, load, lambda: sample_sequences(model, tokenizer, n_tokens, length=length,
-                                                                    seed=source.seed), save)
-
+        return locked_compute(
+            path, load, lambda: sample_sequences(model, tokenizer, n_tokens, length=length, seed=source.seed), save
+        )

@@ -105,4 +105,3 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     return ids, mask
-

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from editdecay.data import EditRequest
 from editdecay.editing.keyed_tensors import format_tag, read_keyed_tensors, write_keyed_tensors
-from editdecay.editing.targets import TargetResult, TargetSettings
+from editdecay.editing.target_values import TargetResult, TargetSettings
 from editdecay.locking import locked_compute
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,22 @@ class TargetKey:
     format: str = TARGETS_FORMAT
 
     @classmethod
-    def of(cls, fingerprint: str, requests: Sequence[EditRequest], contexts: Sequence[str],
-           settings: TargetSettings, batch_size: int) -> TargetKey:
+    def of(
+        cls,
+        fingerprint: str,
+        requests: Sequence[EditRequest],
+        contexts: Sequence[str],
+        settings: TargetSettings,
+        batch_size: int,
+    ) -> TargetKey:
         content = [[r.case_id, r.subject, r.template, r.target_new] for r in requests]
-        return cls(fingerprint, _digest(content), _digest(list(contexts)),
-                   json.dumps(asdict(settings), sort_keys=True), batch_size)
+        return cls(
+            fingerprint,
+            _digest(content),
+            _digest(list(contexts)),
+            json.dumps(asdict(settings), sort_keys=True),
+            batch_size,
+        )
 
     def relative_path(self) -> Path:
         return Path(self.fingerprint) / f"{_digest(asdict(self))[:24]}.{format_tag(self.format)}.safetensors"
@@ -69,8 +80,9 @@ class TargetStore:
 
         def save(result: TargetResult) -> None:
             diagnostics = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("z", "z_init")}
-            write_keyed_tensors(path, {"z": result.z, "z_init": result.z_init}, asdict(key),
-                                diagnostics=json.dumps(diagnostics))
+            write_keyed_tensors(
+                path, {"z": result.z, "z_init": result.z_init}, asdict(key), diagnostics=json.dumps(diagnostics)
+            )
 
         return locked_compute(path, load, compute, save)
 

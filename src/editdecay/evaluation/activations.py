@@ -9,7 +9,7 @@ Prompts are streamed in batches and only per-layer sums are kept, so memory does
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -21,14 +21,17 @@ from tqdm.auto import tqdm
 
 from editdecay.data import EditRequest
 from editdecay.data.tasks import TaskItem, alpaca_prompt
-from editdecay.evaluation.batching import inference, pad_batch, special_prefix
+from editdecay.evaluation.batching import PadSide, inference, pad_batch, special_prefix
 from editdecay.models import arch_for, get_module, num_blocks, pad_id_of
 from editdecay.models.hooks import hidden_of
 
 EPS = 1e-8
 Position = Literal["last", "subject"]
 DRIFTS: dict[str, tuple[str, str]] = {
-    "Med-M": ("Med", "M"), "Mft-M": ("Mft", "M"), "Med_ft-Med": ("Med_ft", "Med"), "Med_ft-Mft": ("Med_ft", "Mft"),
+    "Med-M": ("Med", "M"),
+    "Mft-M": ("Mft", "M"),
+    "Med_ft-Med": ("Med_ft", "Med"),
+    "Med_ft-Mft": ("Med_ft", "Mft"),
 }
 SIMILARITIES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     # Does fine-tuning move activations along the edit direction?
@@ -54,8 +57,13 @@ def _subject_end(text: str, subject: str) -> int | None:
     return None if start < 0 else start + len(subject)
 
 
-def probe_prompts(requests: Sequence[EditRequest], task_items: Sequence[TaskItem] = (), *,
-                  limit: int | None = None, paraphrases: bool = True) -> list[ProbePrompt]:
+def probe_prompts(
+    requests: Sequence[EditRequest],
+    task_items: Sequence[TaskItem] = (),
+    *,
+    limit: int | None = None,
+    paraphrases: bool = True,
+) -> list[ProbePrompt]:
     """Edit prompts (rewrite, and paraphrases) with their subject, plus downstream prompts (Alpaca format).
 
     `limit` caps each of the two sources; downstream items are taken round-robin over tasks.
@@ -69,8 +77,12 @@ def probe_prompts(requests: Sequence[EditRequest], task_items: Sequence[TaskItem
     by_task: dict[str, list[TaskItem]] = {}
     for item in task_items:
         by_task.setdefault(item.task, []).append(item)
-    interleaved = [queue[i] for i in range(max(map(len, by_task.values()), default=0))
-                   for queue in by_task.values() if i < len(queue)]
+    interleaved = [
+        queue[i]
+        for i in range(max(map(len, by_task.values()), default=0))
+        for queue in by_task.values()
+        if i < len(queue)
+    ]
     downstream = [ProbePrompt(alpaca_prompt(item.instruction, item.input), "downstream") for item in interleaved]
     if limit is not None:
         edit, downstream = edit[:limit], downstream[:limit]
@@ -78,21 +90,23 @@ def probe_prompts(requests: Sequence[EditRequest], task_items: Sequence[TaskItem
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper's blocks are its base model's
+    base: nn.Module = get_base_model() if get_base_model is not None else model
     arch = arch_for(base)
     return [get_module(base, arch.block_path(i)) for i in range(num_blocks(base))]
 
 
 @contextmanager
-def _capture(blocks: list[nn.Module], positions: Callable[[], torch.Tensor], out: dict[int, torch.Tensor]
-             ) -> Iterator[None]:
+def _capture(blocks: list[nn.Module], positions: torch.Tensor, out: dict[int, torch.Tensor]) -> Iterator[None]:
     """Keep only each block's output at the rows' positions (not the whole sequence)."""
     handles = []
     for layer, module in enumerate(blocks):
+
         def hook(_mod: nn.Module, _args: tuple, output: torch.Tensor | tuple, _layer: int = layer) -> None:
             hidden = hidden_of(output)
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            out[_layer] = hidden[rows, positions().to(hidden.device)].float()
+            out[_layer] = hidden[rows, positions.to(hidden.device)].float()
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield
@@ -143,8 +157,9 @@ def activation_shift(
     drifts = {name: pair for name, pair in DRIFTS.items() if set(pair) <= set(models)}
     sims = {name: pairs for name, pairs in SIMILARITIES.items() if set(pairs[0]) | set(pairs[1]) <= set(models)}
     if not drifts:
-        raise ValueError(f"activation_shift needs at least a pair of groups among {sorted(DRIFTS)}; got "
-                         f"{sorted(models)}.")
+        raise ValueError(
+            f"activation_shift needs at least a pair of groups among {sorted(DRIFTS)}; got {sorted(models)}."
+        )
     blocks = {group: _blocks(model) for group, model in models.items()}
     n_layers = {len(b) for b in blocks.values()}
     if len(n_layers) != 1:
@@ -156,20 +171,24 @@ def activation_shift(
     counts = dict.fromkeys(sets, 0)
     subject_counts = dict.fromkeys(sets, 0)
     pad = pad_id_of(tokenizer)
-    side = "left" if tokenizer.padding_side == "left" else "right"
+    side: PadSide = "left" if tokenizer.padding_side == "left" else "right"
     order = sorted(range(len(probes)), key=lambda i: len(encoded[i][0]), reverse=True)
     bar = tqdm(total=len(order) * len(models), desc="activations", unit="prompt", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         hidden: dict[str, torch.Tensor] = {}
         for group, model in models.items():
             with inference(model) as device:
                 batch = pad_batch([encoded[i][0] for i in chunk], pad, side, device)
                 positions = torch.tensor([batch.offsets[r] + encoded[i][1] for r, i in enumerate(chunk)])
                 captured: dict[int, torch.Tensor] = {}
-                with _capture(blocks[group], lambda p=positions: p, captured):
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, logits_to_keep=1)
+                with _capture(blocks[group], positions, captured):
+                    model(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids,
+                        logits_to_keep=1,
+                    )
                 hidden[group] = torch.stack([captured[layer] for layer in range(layers)], dim=1).cpu().double()
             bar.update(len(chunk))
         per_prompt = {name: (hidden[a] - hidden[b]).norm(dim=-1) for name, (a, b) in drifts.items()}
@@ -189,8 +208,16 @@ def activation_shift(
             means = (sums[(s, name)] / counts[s]).tolist()
             for layer, value in enumerate(means):
                 is_drift = name in drifts
-                records.append({"prompt_set": s, "layer": layer, "pair": name,
-                                "drift": value if is_drift else float("nan"),
-                                "similarity": float("nan") if is_drift else value,
-                                "position": position, "n_prompts": counts[s], "n_subject": subject_counts[s]})
+                records.append(
+                    {
+                        "prompt_set": s,
+                        "layer": layer,
+                        "pair": name,
+                        "drift": value if is_drift else float("nan"),
+                        "similarity": float("nan") if is_drift else value,
+                        "position": position,
+                        "n_prompts": counts[s],
+                        "n_subject": subject_counts[s],
+                    }
+                )
     return pd.DataFrame.from_records(records)

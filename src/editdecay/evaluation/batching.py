@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from editdecay.models import causal_lm
 from editdecay.models.kvcache import cache_kwargs, output_cache
 from editdecay.models.padding import padded_groups
 
@@ -58,7 +59,7 @@ def special_prefix(tokenizer) -> Ids:
     full = list(tokenizer(probe)["input_ids"])
     plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
+        if full[start : start + len(plain)] == plain:
             return tuple(full[:start])
     return ()
 
@@ -83,8 +84,8 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: PadSide, device:
     offsets = []
     for row, seq in enumerate(seqs):
         start = width - len(seq) if side == "left" else 0
-        ids[row, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, start:start + len(seq)] = 1
+        ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, start : start + len(seq)] = 1
         offsets.append(start)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(ids.to(device), mask.to(device), positions.to(device), tuple(offsets))
@@ -131,8 +132,8 @@ def _plan(pairs: Sequence[tuple[Ids, Ids]]) -> tuple[list[tuple[Ids, Ids]], list
     index: dict[tuple[Ids, Ids], int] = {}
     for context, suffixes in by_context.items():
         for suffix in sorted(suffixes, key=len, reverse=True):
-            covered = next((s for s in suffixes if len(s) > len(suffix) and s[:len(suffix)] == suffix), None)
-            index[(context, suffix)] = (index[(context, covered)] if covered is not None else len(sequences))
+            covered = next((s for s in suffixes if len(s) > len(suffix) and s[: len(suffix)] == suffix), None)
+            index[(context, suffix)] = index[(context, covered)] if covered is not None else len(sequences)
             if covered is None:
                 sequences.append((context, suffix))
     return sequences, [index[(context, target[:-1])] for context, target in pairs]
@@ -172,6 +173,7 @@ def score_continuations(
     unscored = [c for c in greedy if c not in by_context]
     if unscored:
         raise ValueError(f"{len(unscored)} greedy contexts have no continuation to score.")
+
     # Contexts that need a second forward (a continuation or more than one greedy token) are chunked apart
     # from the others, so fewer chunks run one; each group is chunked by length with little padding.
     def needs_more(context: Ids) -> bool:
@@ -179,9 +181,11 @@ def score_continuations(
 
     chunks = []
     for group in (True, False):
-        members = [c for c in by_context if needs_more(c) == group]
-        chunks += [[members[i] for i in rows] for rows in padded_groups(
-            [len(c) for c in members], overhead=CHUNK_OVERHEAD_TOKENS, max_rows=batch_size)]
+        in_group = [c for c in by_context if needs_more(c) == group]
+        chunks += [
+            [in_group[i] for i in rows]
+            for rows in padded_groups([len(c) for c in in_group], overhead=CHUNK_OVERHEAD_TOKENS, max_rows=batch_size)
+        ]
     logprob: dict[tuple[int, int, int], float] = {}
     argmax: dict[tuple[int, int], int] = {}
     answers: dict[Ids, Ids] = {}
@@ -189,8 +193,9 @@ def score_continuations(
         bar = tqdm(total=len(by_context), desc=desc, unit="prompt", disable=not progress, leave=False)
         for chunk in chunks:
             members = [(row, s) for row, context in enumerate(chunk) for s in by_context[context]]
-            logits_of, chunk_answers = _continuation_logits(model, pad_id, chunk, members, sequences,
-                                                            [greedy.get(c, 0) for c in chunk], device)
+            logits_of, chunk_answers = _continuation_logits(
+                model, pad_id, chunk, members, sequences, [greedy.get(c, 0) for c in chunk], device
+            )
             answers.update((c, a) for c, a in zip(chunk, chunk_answers, strict=True) if c in greedy)
             for (_row, s), logits in zip(members, logits_of, strict=True):
                 _context, suffix = sequences[s]
@@ -204,23 +209,37 @@ def score_continuations(
             bar.update(len(chunk))
         bar.close()
     scores = [
-        TokenScores(target, tuple(logprob[(seq, j, tok)] for j, tok in enumerate(target)),
-                    tuple(argmax[(seq, j)] for j in range(len(target))))
+        TokenScores(
+            target,
+            tuple(logprob[(seq, j, tok)] for j, tok in enumerate(target)),
+            tuple(argmax[(seq, j)] for j in range(len(target))),
+        )
         for (_context, target), seq in zip(pairs_t, cover, strict=True)
     ]
     return scores, answers
 
 
-def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], members: list[tuple[int, int]],
-                         sequences: list[tuple[Ids, Ids]], greedy_lengths: list[int], device: torch.device
-                         ) -> tuple[list[torch.Tensor], list[Ids]]:
+def _continuation_logits(
+    model: nn.Module,
+    pad_id: int,
+    contexts: list[Ids],
+    members: list[tuple[int, int]],
+    sequences: list[tuple[Ids, Ids]],
+    greedy_lengths: list[int],
+    device: torch.device,
+) -> tuple[list[torch.Tensor], list[Ids]]:
     """Float logits (len(suffix) + 1, vocab) for each (context row, sequence) in `members`: position 0 from the
     context's last token, position j from suffix token j - 1 (read after the context's cached keys/values);
     and each context's greedy continuation of greedy_lengths[row] tokens."""
     batch = pad_batch(contexts, pad_id, "left", device)
     last = torch.full((len(contexts), 1), batch.input_ids.shape[1] - 1, device=device)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                use_cache=True, logits_to_keep=last)
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=True,
+        logits_to_keep=last,
+    )
     first = out.logits[:, 0].float()
     best = first.argmax(dim=-1).tolist()
     answers: list[Ids] = [(best[row],) if n == 1 else () for row, n in enumerate(greedy_lengths)]
@@ -229,8 +248,15 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
         rows = torch.tensor(decoding, device=device)
         cache = copy.deepcopy(output_cache(out))  # the continuations below reuse the original
         cache.batch_select_indices(rows)
-        decoded = _decode(model, cache, batch.attention_mask[rows], batch.position_ids[rows, -1:], first[rows],
-                          [greedy_lengths[row] for row in decoding], frozenset())
+        decoded = _decode(
+            model,
+            cache,
+            batch.attention_mask[rows],
+            batch.position_ids[rows, -1:],
+            first[rows],
+            [greedy_lengths[row] for row in decoding],
+            frozenset(),
+        )
         for row, tokens in zip(decoding, decoded, strict=True):
             answers[row] = tokens
     extended = [(k, row, sequences[s][1]) for k, (row, s) in enumerate(members) if sequences[s][1]]
@@ -243,16 +269,22 @@ def _continuation_logits(model: nn.Module, pad_id: int, contexts: list[Ids], mem
         ids = torch.full((len(extended), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(extended), width), dtype=torch.long)
         for i, (_, _, suffix) in enumerate(extended):
-            ids[i, :len(suffix)] = torch.tensor(suffix)
-            mask[i, :len(suffix)] = 1
+            ids[i, : len(suffix)] = torch.tensor(suffix)
+            mask[i, : len(suffix)] = 1
         lengths = torch.tensor([len(contexts[row]) for _, row, _ in extended])
         positions = lengths[:, None] + torch.arange(width)[None, :]
-        logits = model(input_ids=ids.to(device), attention_mask=torch.cat([batch.attention_mask[rows],
-                       mask.to(device)], dim=1), position_ids=positions.to(device), **cache_kwargs(cache),
-                       use_cache=True).logits.float()
-        later = {k: logits[i, :len(suffix)] for i, (k, _, suffix) in enumerate(extended)}
-    logits_of = [torch.cat([first[row:row + 1], later[k]]) if k in later else first[row:row + 1]
-                 for k, (row, _s) in enumerate(members)]
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=torch.cat([batch.attention_mask[rows], mask.to(device)], dim=1),
+            position_ids=positions.to(device),
+            **cache_kwargs(cache),
+            use_cache=True,
+        ).logits.float()
+        later = {k: logits[i, : len(suffix)] for i, (k, _, suffix) in enumerate(extended)}
+    logits_of = [
+        torch.cat([first[row : row + 1], later[k]]) if k in later else first[row : row + 1]
+        for k, (row, _s) in enumerate(members)
+    ]
     return logits_of, answers
 
 
@@ -280,12 +312,24 @@ def greedy_generate(
     with inference(model) as device:
         bar = tqdm(total=len(todo), desc=desc, unit="seq", disable=not progress, leave=False)
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+            chunk = todo[start : start + batch_size]
             batch = pad_batch([contexts_t[i] for i in chunk], pad_id, "left", device)
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids, use_cache=True, logits_to_keep=1)
-            new = _decode(model, output_cache(out), batch.attention_mask, batch.position_ids[:, -1:],
-                          out.logits[:, -1], [limits[i] for i in chunk], eos_ids)
+            out = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            new = _decode(
+                model,
+                output_cache(out),
+                batch.attention_mask,
+                batch.position_ids[:, -1:],
+                out.logits[:, -1],
+                [limits[i] for i in chunk],
+                eos_ids,
+            )
             for i, tokens in zip(chunk, new, strict=True):
                 results[i] = tokens
             bar.update(len(chunk))
@@ -293,8 +337,15 @@ def greedy_generate(
     return results
 
 
-def _decode(model: nn.Module, cache: object, mask: torch.Tensor, last_positions: torch.Tensor,
-            logits: torch.Tensor, limits: list[int], eos_ids: frozenset[int]) -> list[Ids]:
+def _decode(
+    model: nn.Module,
+    cache: object,
+    mask: torch.Tensor,
+    last_positions: torch.Tensor,
+    logits: torch.Tensor,
+    limits: list[int],
+    eos_ids: frozenset[int],
+) -> list[Ids]:
     """Greedy decoding on from a KV cache whose rows end at `last_positions` (rows, 1), `logits` (rows, vocab)
     being the next-token logits there: up to limits[row] tokens per row, stopping after an EOS id."""
     generated: list[list[int]] = [[] for _ in limits]
@@ -314,8 +365,14 @@ def _decode(model: nn.Module, cache: object, mask: torch.Tensor, last_positions:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache_kwargs(cache),
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            **cache_kwargs(cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1]
     return [tuple(g) for g in generated]
 
@@ -334,19 +391,25 @@ def beam_generate(
 ) -> list[Ids]:
     """Beam-search continuations (transformers `generate`), batched with left padding; EOS is stripped."""
     contexts_t = [tuple(c) for c in contexts]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                              pad_token_id=pad_id, eos_token_id=sorted(eos_ids) or None)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids) or None,
+    )
     order = sorted(range(len(contexts_t)), key=lambda i: len(contexts_t[i]), reverse=True)
     results: list[Ids] = [() for _ in contexts_t]
     with inference(model) as device:
         bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             batch = pad_batch([contexts_t[i] for i in chunk], pad_id, "left", device)
-            output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                    generation_config=config)
+            output = causal_lm(model).generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=config
+            )
             for row, i in enumerate(chunk):
-                new = output[row, batch.input_ids.shape[1]:].tolist()
+                new = output[row, batch.input_ids.shape[1] :].tolist()
                 cut = next((k for k, tok in enumerate(new) if tok in eos_ids), len(new))
                 results[i] = tuple(new[:cut])
             bar.update(len(chunk))

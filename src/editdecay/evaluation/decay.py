@@ -26,8 +26,8 @@ DECAY_DEFINITIONS = {
     "efr": "Edit Flip Ratio Pr(s^Med_ft = 0 | s^Med = 1) = flips / successes_after_edit, a fraction",
     "reverse_flip_ratio": "Pr(s^Med_ft = 1 | s^Med = 0) = reverse_flips / failures_after_edit (emergent edits)",
     "outcomes": "stable: success in Med and Med_ft; erased: success then failure; emergent: failure then success; "
-                "impossible: failure in both. Erased edits went back to the 'original' answer (M's greedy answer, "
-                "or target_true when M is not given) or to a 'third' answer",
+    "impossible: failure in both. Erased edits went back to the 'original' answer (M's greedy answer, "
+    "or target_true when M is not given) or to a 'third' answer",
     "knowledge": "Per transition A->B: forget_ratio = Pr(knows_true in B = 0 | knows_true in A = 1), with counts",
 }
 
@@ -53,15 +53,33 @@ def flip_counts(before: pd.Series, after: pd.Series) -> dict[str, Any]:
     b, a = before.astype(bool).to_numpy(), after.astype(bool).to_numpy()
     flips, successes = int((b & ~a).sum()), int(b.sum())
     reverse, failures = int((~b & a).sum()), int((~b).sum())
-    return {"flips": flips, "successes_before": successes, "flip_ratio": _ratio(flips, successes),
-            "reverse_flips": reverse, "failures_before": failures, "reverse_flip_ratio": _ratio(reverse, failures),
-            "n": len(b)}
+    return {
+        "flips": flips,
+        "successes_before": successes,
+        "flip_ratio": _ratio(flips, successes),
+        "reverse_flips": reverse,
+        "failures_before": failures,
+        "reverse_flip_ratio": _ratio(reverse, failures),
+        "n": len(b),
+    }
 
 
 def _group_means(table: pd.DataFrame) -> dict[str, Any]:
     means: dict[str, Any] = {"n": len(table)}
-    for name in ("es", "ps", "ns", "es_magnitude", "ps_magnitude", "ns_magnitude", "es_accuracy", "ps_accuracy",
-                 "ns_accuracy", "success", "knows_true", "ns_agreement"):
+    for name in (
+        "es",
+        "ps",
+        "ns",
+        "es_magnitude",
+        "ps_magnitude",
+        "ns_magnitude",
+        "es_accuracy",
+        "ps_accuracy",
+        "ns_accuracy",
+        "success",
+        "knows_true",
+        "ns_agreement",
+    ):
         if name in table.columns:
             means[name] = _pct(table[name])
     return means
@@ -82,13 +100,18 @@ def decay_summary(per_edit: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         for name in ("es", "ps", "ns"):
             before, after = _pct(med[name]), _pct(med_ft[name])
             summary[f"delta_{name}_pp"] = None if before is None or after is None else before - after
-        summary["decrease_rate"] = (None if not es_before or es_after is None
-                                    else (es_before - es_after) / es_before)
+        summary["decrease_rate"] = None if not es_before or es_after is None else (es_before - es_after) / es_before
         flips = flip_counts(med["success"], med_ft["success"])
-        summary.update({"efr": flips["flip_ratio"], "flips": flips["flips"],
-                        "successes_after_edit": flips["successes_before"],
-                        "reverse_flip_ratio": flips["reverse_flip_ratio"], "reverse_flips": flips["reverse_flips"],
-                        "failures_after_edit": flips["failures_before"]})
+        summary.update(
+            {
+                "efr": flips["flip_ratio"],
+                "flips": flips["flips"],
+                "successes_after_edit": flips["successes_before"],
+                "reverse_flip_ratio": flips["reverse_flip_ratio"],
+                "reverse_flips": flips["reverse_flips"],
+                "failures_after_edit": flips["failures_before"],
+            }
+        )
         classes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"))
         summary["outcomes"] = _outcome_counts(classes)
     summary["knowledge"] = _knowledge(tables)
@@ -113,9 +136,12 @@ def _knowledge(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
             flips = flip_counts(tables[a]["knows_true"], tables[b]["knows_true"])
             known_a, known_b = knowledge["known"][a], knowledge["known"][b]
             knowledge[f"{a}->{b}"] = {
-                "forgotten": flips["flips"], "known_before": flips["successes_before"],
-                "forget_ratio": flips["flip_ratio"], "learned": flips["reverse_flips"],
-                "unknown_before": flips["failures_before"], "learn_ratio": flips["reverse_flip_ratio"],
+                "forgotten": flips["flips"],
+                "known_before": flips["successes_before"],
+                "forget_ratio": flips["flip_ratio"],
+                "learned": flips["reverse_flips"],
+                "unknown_before": flips["failures_before"],
+                "learn_ratio": flips["reverse_flip_ratio"],
                 "delta_known_pp": None if known_a is None or known_b is None else known_a - known_b,
             }
     return knowledge
@@ -138,8 +164,9 @@ def _normalize(answer: object) -> str:
     return " ".join(str(answer).split()).casefold() if isinstance(answer, str) else ""
 
 
-def outcome_classes(per_edit_med: pd.DataFrame, per_edit_med_ft: pd.DataFrame,
-                    per_edit_m: pd.DataFrame | None = None) -> pd.DataFrame:
+def outcome_classes(
+    per_edit_med: pd.DataFrame, per_edit_med_ft: pd.DataFrame, per_edit_m: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Per edit: outcome (stable / erased / emergent / impossible) from the success indicators in Med and
     Med_ft, the greedy answers of each group, and for erased edits whether Med_ft returned to the original
     answer (M's greedy answer; target_true when M is not given) or drifted to a third answer."""
@@ -149,9 +176,16 @@ def outcome_classes(per_edit_med: pd.DataFrame, per_edit_med_ft: pd.DataFrame,
     before = med.loc[order, "success"].astype(bool).to_numpy()
     after = med_ft.loc[order, "success"].astype(bool).to_numpy()
     outcome = np.select([before & after, before & ~after, ~before & after], list(OUTCOMES[:3]), OUTCOMES[3])
-    out = pd.DataFrame({"case_id": order, "outcome": outcome, "success_Med": before, "success_Med_ft": after,
-                        "answer_Med": med.loc[order, "answer"].to_numpy(),
-                        "answer_Med_ft": med_ft.loc[order, "answer"].to_numpy()})
+    out = pd.DataFrame(
+        {
+            "case_id": order,
+            "outcome": outcome,
+            "success_Med": before,
+            "success_Med_ft": after,
+            "answer_Med": med.loc[order, "answer"].to_numpy(),
+            "answer_Med_ft": med_ft.loc[order, "answer"].to_numpy(),
+        }
+    )
     if per_edit_m is not None:
         m = _indexed(per_edit_m, "M")
         out["answer_M"] = m["answer"].reindex(order).to_numpy()
@@ -163,9 +197,11 @@ def outcome_classes(per_edit_med: pd.DataFrame, per_edit_med_ft: pd.DataFrame,
         truth = med.loc[order, "target_true"].map(_normalize).to_numpy()
         post = out["answer_Med_ft"].map(_normalize).to_numpy()
         reverted = pd.Series([bool(t) and p.startswith(t) for p, t in zip(post, truth, strict=True)])
-        out["reference"] = np.where(truth != "", "target_true", None)
+        # numpy's stubs reject None as a value of np.where (at run time: an object array, as meant).
+        out["reference"] = np.where(truth != "", "target_true", None)  # type: ignore[call-overload]
     erased = out["outcome"] == "erased"
-    out["erased_to"] = np.where(erased, np.where(reverted.to_numpy(), "original", "third"), None)
+    erased_to = np.where(reverted.to_numpy(), "original", "third")
+    out["erased_to"] = np.where(erased, erased_to, None)  # type: ignore[call-overload]  # numpy stubs reject None
     if per_edit_m is None:
         out.loc[erased & out["reference"].isna(), "erased_to"] = None
     out["third_answer"] = np.where(out["erased_to"] == "third", out["answer_Med_ft"], None)

@@ -64,9 +64,9 @@ def option_pairs(item: TaskItem, target: LoglikTarget) -> list[tuple[str, str]]:
         return [(context, " " + label) for label in item.labels]
     if item.cloze_style == "blank":
         blank = item.stem.find("_")
-        if blank < 0 or not item.stem[blank + 1:].strip():
+        if blank < 0 or not item.stem[blank + 1 :].strip():
             raise ValueError(f"{item.item_id}: fill-in-the-blank sentence needs a '_' followed by text: {item.stem!r}")
-        return [(item.stem[:blank] + option, item.stem[blank + 1:]) for option in item.options]
+        return [(item.stem[:blank] + option, item.stem[blank + 1 :]) for option in item.options]
     context = item.stem if item.cloze_style == "continuation" else f"Question: {item.stem}\nAnswer:"
     return [(context, " " + option) for option in item.options]
 
@@ -94,29 +94,54 @@ def evaluate_tasks(
     if mode not in ("generate", "loglik"):
         raise ValueError(f"mode must be 'generate' or 'loglik', got {mode!r}")
     if loglik_target not in ("cloze", "label") or loglik_score not in ("sum", "mean"):
-        raise ValueError(f"loglik_target must be cloze/label and loglik_score sum/mean, got "
-                         f"{loglik_target!r}, {loglik_score!r}")
+        raise ValueError(
+            f"loglik_target must be cloze/label and loglik_score sum/mean, got {loglik_target!r}, {loglik_score!r}"
+        )
     if answer_extraction not in ("lenient", "study"):
         raise ValueError(f"answer_extraction must be 'lenient' or 'study', got {answer_extraction!r}")
     items = [item for task in tasks for item in load_task(task, data_dir, limit=limit)]
     if not items:
         raise ValueError(f"No downstream items to evaluate (tasks {list(tasks)}).")
     if mode == "generate":
-        return _generate(model, tokenizer, items, batch_size, num_beams, max_new_tokens, answer_extraction,
-                         progress)
+        return _generate(model, tokenizer, items, batch_size, num_beams, max_new_tokens, answer_extraction, progress)
     return _loglik(model, tokenizer, items, batch_size, loglik_target, loglik_score, progress)
 
 
-def _generate(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: int, num_beams: int,
-              max_new_tokens: int, extraction: AnswerExtraction, progress: bool) -> pd.DataFrame:
+def _generate(
+    model: nn.Module,
+    tokenizer,
+    items: list[TaskItem],
+    batch_size: int,
+    num_beams: int,
+    max_new_tokens: int,
+    extraction: AnswerExtraction,
+    progress: bool,
+) -> pd.DataFrame:
     contexts = encode(tokenizer, [alpaca_prompt(i.instruction, i.input) for i in items], specials=True)
     pad, eos = pad_id_of(tokenizer), eos_ids_of(tokenizer, model)
     if num_beams > 1:
-        outputs = beam_generate(model, pad, contexts, max_new_tokens, num_beams=num_beams, eos_ids=eos,
-                                batch_size=batch_size, progress=progress, desc="downstream (beam)")
+        outputs = beam_generate(
+            model,
+            pad,
+            contexts,
+            max_new_tokens,
+            num_beams=num_beams,
+            eos_ids=eos,
+            batch_size=batch_size,
+            progress=progress,
+            desc="downstream (beam)",
+        )
     else:
-        outputs = greedy_generate(model, pad, contexts, max_new_tokens, eos_ids=eos, batch_size=batch_size,
-                                  progress=progress, desc="downstream (greedy)")
+        outputs = greedy_generate(
+            model,
+            pad,
+            contexts,
+            max_new_tokens,
+            eos_ids=eos,
+            batch_size=batch_size,
+            progress=progress,
+            desc="downstream (greedy)",
+        )
     records = []
     for item, tokens in zip(items, outputs, strict=True):
         text = tokenizer.decode(list(tokens), skip_special_tokens=True)
@@ -127,34 +152,68 @@ def _generate(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: in
 def generation_record(item: TaskItem, text: str, num_beams: int, extraction: AnswerExtraction) -> dict[str, object]:
     """The downstream record of one generated answer (generate mode)."""
     prediction = extract_answer(item.task, text, extraction)
-    return {"task": item.task, "item_id": item.item_id, "mode": "generate", "prediction": prediction,
-            "answer": item.answer, "correct": prediction == item.answer, "generation": text,
-            "num_beams": num_beams, "answer_extraction": extraction}
+    return {
+        "task": item.task,
+        "item_id": item.item_id,
+        "mode": "generate",
+        "prediction": prediction,
+        "answer": item.answer,
+        "correct": prediction == item.answer,
+        "generation": text,
+        "num_beams": num_beams,
+        "answer_extraction": extraction,
+    }
 
 
-def _loglik(model: nn.Module, tokenizer, items: list[TaskItem], batch_size: int, target: LoglikTarget,
-            score: LoglikScore, progress: bool) -> pd.DataFrame:
+def _loglik(
+    model: nn.Module,
+    tokenizer,
+    items: list[TaskItem],
+    batch_size: int,
+    target: LoglikTarget,
+    score: LoglikScore,
+    progress: bool,
+) -> pd.DataFrame:
     per_item = [option_pairs(item, target) for item in items]
     flat = [pair for pairs in per_item for pair in pairs]
     contexts_text = sorted({c for c, _ in flat})
     conts_text = sorted({t for _, t in flat})
     contexts = dict(zip(contexts_text, encode(tokenizer, contexts_text, specials=True), strict=True))
     conts = dict(zip(conts_text, encode(tokenizer, conts_text, specials=False), strict=True))
-    scores, _ = score_continuations(model, pad_id_of(tokenizer), [(contexts[c], conts[t]) for c, t in flat],
-                                    batch_size=batch_size, progress=progress, desc="downstream (loglik)")
+    scores, _ = score_continuations(
+        model,
+        pad_id_of(tokenizer),
+        [(contexts[c], conts[t]) for c, t in flat],
+        batch_size=batch_size,
+        progress=progress,
+        desc="downstream (loglik)",
+    )
     records, start = [], 0
     for item, pairs in zip(items, per_item, strict=True):
-        option_scores = scores[start:start + len(pairs)]
+        option_scores = scores[start : start + len(pairs)]
         start += len(pairs)
         sums = [s.sum_logprob for s in option_scores]
         means = [s.sum_logprob / len(s.tokens) for s in option_scores]
         pred_sum, pred_mean = item.labels[int(np.argmax(sums))], item.labels[int(np.argmax(means))]
         prediction = pred_mean if score == "mean" else pred_sum
-        records.append({"task": item.task, "item_id": item.item_id, "mode": "loglik", "prediction": prediction,
-                        "answer": item.answer, "correct": prediction == item.answer, "loglik_target": target,
-                        "loglik_score": score, "prediction_sum": pred_sum, "correct_sum": pred_sum == item.answer,
-                        "prediction_mean": pred_mean, "correct_mean": pred_mean == item.answer,
-                        "loglik_sum": sums, "loglik_mean": means})
+        records.append(
+            {
+                "task": item.task,
+                "item_id": item.item_id,
+                "mode": "loglik",
+                "prediction": prediction,
+                "answer": item.answer,
+                "correct": prediction == item.answer,
+                "loglik_target": target,
+                "loglik_score": score,
+                "prediction_sum": pred_sum,
+                "correct_sum": pred_sum == item.answer,
+                "prediction_mean": pred_mean,
+                "correct_mean": pred_mean == item.answer,
+                "loglik_sum": sums,
+                "loglik_mean": means,
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 

@@ -16,33 +16,32 @@ import pandas as pd
 METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
     "counterfact": {
         "es": "Efficacy success: share of rewrite prompts with nll(target_new) < nll(target_true); nll is the mean "
-              "per-token negative log-likelihood, teacher forced (MEMIT protocol)",
+        "per-token negative log-likelihood, teacher forced (MEMIT protocol)",
         "ps": "Paraphrase success: the same comparison on each paraphrase prompt, averaged per edit",
         "ns": "Neighborhood success: share of neighborhood prompts with nll(true answer) < nll(target_new)",
         "es_magnitude": "Efficacy magnitude: mean exp(-nll(target_new)) - exp(-nll(target_true)) on rewrite prompts",
         "ps_magnitude": "Paraphrase magnitude: the same difference on paraphrase prompts",
         "ns_magnitude": "Neighborhood magnitude: mean exp(-nll(true answer)) - exp(-nll(target_new))",
         "es_accuracy": "Strict efficacy accuracy: greedy decoding of the rewrite prompt reproduces every target_new "
-                       "token",
+        "token",
         "ps_accuracy": "Strict paraphrase accuracy: the same on paraphrase prompts",
         "ns_accuracy": "Strict neighborhood accuracy: greedy decoding reproduces every token of the true answer",
         "success": "Edit success indicator s_i: the rewrite comparison holds (ES rule), per edit in {0, 1}",
         "knows_true": "The model prefers the true object: nll(target_true) < nll(target_new) on the rewrite prompt "
-                      "(control facts: the fact is still known)",
+        "(control facts: the fact is still known)",
         "ns_agreement": "Neighborhood agreement with the pre-edit model: share of neighborhood-answer positions "
-                        "where the teacher-forced argmax equals the pre-edit model's (toolkit locality variant)",
+        "where the teacher-forced argmax equals the pre-edit model's (toolkit locality variant)",
     },
     "zsre": {
         "es": "Efficacy (token accuracy): share of target tokens T of ' ' + target_new for which the argmax after "
-              "question + T[:j] equals T[j], averaged over tokens then edits (MEMIT zsRE protocol)",
+        "question + T[:j] equals T[j], averaged over tokens then edits (MEMIT zsRE protocol)",
         "ps": "Paraphrase token accuracy: the same on the rephrased question",
-        "ns": "Specificity: token accuracy of loc_ans after the loc question, prompted as loc + '?' "
-              "(MEMIT protocol)",
+        "ns": "Specificity: token accuracy of loc_ans after the loc question, prompted as loc + '?' (MEMIT protocol)",
         "ns_agreement": "Locality as agreement with the pre-edit model: share of loc_ans positions where the "
-                        "edited model's teacher-forced argmax equals the pre-edit model's (EasyEdit-style; "
-                        "not the MEMIT specificity)",
+        "edited model's teacher-forced argmax equals the pre-edit model's (EasyEdit-style; "
+        "not the MEMIT specificity)",
         "es_magnitude": "Efficacy magnitude: exp(-nll(target_new)) - exp(-nll(target_true)); only with a competing "
-                        "target (alt protocol), NaN in the MEMIT protocol",
+        "target (alt protocol), NaN in the MEMIT protocol",
         "ps_magnitude": "Paraphrase magnitude: the same on the rephrased question",
         "ns_magnitude": "Not defined for zsRE (NaN)",
         "es_accuracy": "Strict efficacy accuracy: greedy decoding reproduces every target token",
@@ -50,12 +49,23 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
         "ns_accuracy": "Strict specificity: greedy decoding of the loc question reproduces every loc_ans token",
         "success": "Edit success indicator s_i: every target token correct on the question (token accuracy = 1)",
         "knows_true": "The model produces the reference answer: every token of target_new (MEMIT protocol: the "
-                      "gold answer) greedy-correct; with a competing target, nll(target_true) < nll(target_new)",
+        "gold answer) greedy-correct; with a competing target, nll(target_true) < nll(target_new)",
     },
 }
 
-PER_EDIT_METRICS = ("es", "ps", "ns", "es_magnitude", "ps_magnitude", "ns_magnitude", "es_accuracy", "ps_accuracy",
-                    "ns_accuracy", "success", "knows_true")
+PER_EDIT_METRICS = (
+    "es",
+    "ps",
+    "ns",
+    "es_magnitude",
+    "ps_magnitude",
+    "ns_magnitude",
+    "es_accuracy",
+    "ps_accuracy",
+    "ns_accuracy",
+    "success",
+    "knows_true",
+)
 _PREFIX = {"rewrite": "es", "paraphrase": "ps", "neighborhood": "ns"}
 
 
@@ -70,8 +80,9 @@ def success_flags(table: pd.DataFrame) -> pd.Series:
     nll_new, nll_true = table["nll_new"].astype(float), table["nll_true"].astype(float)
     comparison = np.where(neighbor, nll_true < nll_new, nll_new < nll_true).astype(float)
     accuracy = np.where(neighbor, table["token_acc_true"].astype(float), table["token_acc_new"].astype(float))
-    return pd.Series(np.where(table["metric_family"] == "zsre", accuracy, comparison), index=table.index,
-                     name="success")
+    return pd.Series(
+        np.where(table["metric_family"] == "zsre", accuracy, comparison), index=table.index, name="success"
+    )
 
 
 def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
@@ -91,8 +102,11 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     order = pd.unique(t["case_id"])
     out = pd.DataFrame({"case_id": order})
     for kind, prefix in _PREFIX.items():
-        for column, name in (("success", prefix), ("magnitude", f"{prefix}_magnitude"),
-                             ("strict", f"{prefix}_accuracy")):
+        for column, name in (
+            ("success", prefix),
+            ("magnitude", f"{prefix}_magnitude"),
+            ("strict", f"{prefix}_accuracy"),
+        ):
             values = means[(column, kind)] if (column, kind) in means.columns else pd.Series(dtype=float)
             out[name] = values.reindex(order).to_numpy(dtype=float)
 
@@ -130,8 +144,10 @@ def neighborhood_agreement(pre_table: pd.DataFrame, post_table: pd.DataFrame) ->
     agreements = []
     for row in merged.itertuples(index=False):
         if list(row.target_true_ids_pre) != list(row.target_true_ids_post):
-            raise ValueError(f"Edit {row.case_id}: neighborhood answers tokenized differently in the two tables "
-                             "(different tokenizers?).")
+            raise ValueError(
+                f"Edit {row.case_id}: neighborhood answers tokenized differently in the two tables "
+                "(different tokenizers?)."
+            )
         pre_ids, post_ids = list(row.argmax_true_ids_pre), list(row.argmax_true_ids_post)
         agreements.append(sum(a == b for a, b in zip(pre_ids, post_ids, strict=True)) / len(pre_ids))
     merged["agreement"] = agreements
@@ -144,8 +160,10 @@ def summarize_edit_metrics(per_edit: pd.DataFrame) -> dict[str, Any]:
     """Means over edits in percent (NaN-skipping; None where no edit has the metric), plus definitions."""
     families = sorted(per_edit["metric_family"].dropna().unique())
     if len(families) != 1:
-        raise ValueError(f"summarize_edit_metrics needs edits of one metric family, got {families}; "
-                         "summarize each family separately.")
+        raise ValueError(
+            f"summarize_edit_metrics needs edits of one metric family, got {families}; "
+            "summarize each family separately."
+        )
     family = families[0]
     summary: dict[str, Any] = {"n_edits": len(per_edit), "metric_family": family}
     for name in (*PER_EDIT_METRICS, "ns_agreement"):

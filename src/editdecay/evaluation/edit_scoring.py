@@ -72,8 +72,10 @@ def score_edits(
         raise ValueError("score_edits got no edit requests.")
     missing = [r.case_id for r in requests if r.metric_family == "counterfact" and r.target_true is None]
     if missing:
-        raise ValueError(f"CounterFact edits {missing[:5]} have no target_true; the probability-comparison metrics "
-                         "need the fact being replaced.")
+        raise ValueError(
+            f"CounterFact edits {missing[:5]} have no target_true; the probability-comparison metrics "
+            "need the fact being replaced."
+        )
     rows = _rows(requests)
     prompts = sorted({row.prompt for row in rows})
     prompt_ids = dict(zip(prompts, encode(tokenizer, prompts, specials=True), strict=True))
@@ -91,22 +93,36 @@ def score_edits(
                 pairs.append((prompt_ids[row.prompt], target_ids[continuation_text(target)]))
     # Greedy answers of max(n_tokens_new, n_tokens_true) tokens; EOS is kept in greedy_ids (it decodes to
     # nothing), never a stop signal. A prompt shared by rows is decoded once, to its longest length.
-    row_lengths = [max(len(target_ids[continuation_text(t)]) for t in (row.target_new, row.target_true) if t)
-                   for row in rows]
+    row_lengths = [
+        max(len(target_ids[continuation_text(t)]) for t in (row.target_new, row.target_true) if t) for row in rows
+    ]
     lengths: dict[tuple[int, ...], int] = {}
     for row, n in zip(rows, row_lengths, strict=True):
         lengths[prompt_ids[row.prompt]] = max(n, lengths.get(prompt_ids[row.prompt], 0))
-    scores, answers = score_continuations(model, pad_id_of(tokenizer), pairs, greedy=lengths, batch_size=batch_size,
-                                          progress=progress, desc="scoring edit prompts")
+    scores, answers = score_continuations(
+        model,
+        pad_id_of(tokenizer),
+        pairs,
+        greedy=lengths,
+        batch_size=batch_size,
+        progress=progress,
+        desc="scoring edit prompts",
+    )
     by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
     greedy = [answers[prompt_ids[row.prompt]][:n] for row, n in zip(rows, row_lengths, strict=True)]
     records = []
     for r, row in enumerate(rows):
         new, true = by_slot[(r, "new")], by_slot.get((r, "true"))
         record = {
-            "case_id": row.case_id, "kind": row.kind, "prompt_index": row.prompt_index, "prompt": row.prompt,
-            "metric_family": row.family, "target_new": row.target_new, "target_true": row.target_true,
-            **_scores("new", new), **_scores("true", true),
+            "case_id": row.case_id,
+            "kind": row.kind,
+            "prompt_index": row.prompt_index,
+            "prompt": row.prompt,
+            "metric_family": row.family,
+            "target_new": row.target_new,
+            "target_true": row.target_true,
+            **_scores("new", new),
+            **_scores("true", true),
             "greedy": tokenizer.decode(list(greedy[r]), skip_special_tokens=True),
             "greedy_ids": list(greedy[r]),
         }
@@ -118,10 +134,21 @@ def score_edits(
 
 def _scores(which: str, scores: TokenScores | None) -> dict[str, object]:
     if scores is None:
-        return {f"nll_{which}": math.nan, f"prob_{which}": math.nan, f"token_acc_{which}": math.nan,
-                f"exact_{which}": None, f"n_tokens_{which}": 0, f"target_{which}_ids": [],
-                f"argmax_{which}_ids": []}
-    return {f"nll_{which}": scores.nll, f"prob_{which}": math.exp(-scores.nll),
-            f"token_acc_{which}": scores.token_accuracy, f"exact_{which}": scores.exact,
-            f"n_tokens_{which}": len(scores.tokens), f"target_{which}_ids": list(scores.tokens),
-            f"argmax_{which}_ids": list(scores.argmax)}
+        return {
+            f"nll_{which}": math.nan,
+            f"prob_{which}": math.nan,
+            f"token_acc_{which}": math.nan,
+            f"exact_{which}": None,
+            f"n_tokens_{which}": 0,
+            f"target_{which}_ids": [],
+            f"argmax_{which}_ids": [],
+        }
+    return {
+        f"nll_{which}": scores.nll,
+        f"prob_{which}": math.exp(-scores.nll),
+        f"token_acc_{which}": scores.token_accuracy,
+        f"exact_{which}": scores.exact,
+        f"n_tokens_{which}": len(scores.tokens),
+        f"target_{which}_ids": list(scores.tokens),
+        f"argmax_{which}_ids": list(scores.argmax),
+    }

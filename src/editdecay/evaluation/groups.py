@@ -52,8 +52,9 @@ class GroupScores:
     @classmethod
     def load(cls, directory: str | Path) -> GroupScores:
         directory = Path(directory)
-        tables = {name: pd.read_parquet(file) for name in SCORE_TABLES
-                  if (file := directory / f"{name}.parquet").is_file()}
+        tables = {
+            name: pd.read_parquet(file) for name in SCORE_TABLES if (file := directory / f"{name}.parquet").is_file()
+        }
         if "edits" not in tables:
             raise FileNotFoundError(f"{directory} holds no edits.parquet: not a group's scores.")
         return cls(**tables)
@@ -84,13 +85,23 @@ def score_group(
 ) -> GroupScores:
     """Score the edit requests, the control facts (if any) and the downstream tasks (if any) on one model."""
     edits = score_edits(model, tokenizer, requests, batch_size=batch_size, progress=progress)
-    control_table = (score_edits(model, tokenizer, control, batch_size=batch_size, progress=progress)
-                     if control else None)
+    control_table = (
+        score_edits(model, tokenizer, control, batch_size=batch_size, progress=progress) if control else None
+    )
     downstream = None
     if tasks:
-        downstream = evaluate_tasks(model, tokenizer, list(tasks), data_dir=data_dir, mode=task_mode,
-                                    limit=task_limit, batch_size=batch_size, num_beams=num_beams,
-                                    answer_extraction=answer_extraction, progress=progress)
+        downstream = evaluate_tasks(
+            model,
+            tokenizer,
+            list(tasks),
+            data_dir=data_dir,
+            mode=task_mode,
+            limit=task_limit,
+            batch_size=batch_size,
+            num_beams=num_beams,
+            answer_extraction=answer_extraction,
+            progress=progress,
+        )
     return GroupScores(edits, control_table, downstream)
 
 
@@ -125,8 +136,11 @@ def per_edit_metrics(scored: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFra
 
 def downstream_accuracy(scores: Mapping[str, GroupScores]) -> dict[str, dict[str, float]]:
     """Accuracy (%) per task and "average" of every group that has downstream records, keyed by group."""
-    return {g: task_accuracy(records).set_index("task")["accuracy"].to_dict()
-            for g in GROUPS if g in scores and (records := scores[g].downstream) is not None}
+    return {
+        g: task_accuracy(records).set_index("task")["accuracy"].to_dict()
+        for g in GROUPS
+        if g in scores and (records := scores[g].downstream) is not None
+    }
 
 
 def request_frame(requests: Sequence[EditRequest]) -> pd.DataFrame:
@@ -166,9 +180,15 @@ def summarize_groups(scores: Mapping[str, GroupScores], requests: Sequence[EditR
         group_metrics = {g: summarize_edit_metrics(t) for g, t in per_edit.items()}
         decay = decay_summary(per_edit)
         result.summary[set_name] = {"groups": group_metrics, "decay": decay}
-        metric_rows += [{"set": set_name, "group": group, "downstream_avg": None,
-                         **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-                        for group, metrics in group_metrics.items()]
+        metric_rows += [
+            {
+                "set": set_name,
+                "group": group,
+                "downstream_avg": None,
+                **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            }
+            for group, metrics in group_metrics.items()
+        ]
         if set_name == "control":
             result.summary[set_name].update(control_summary(per_edit))
             continue
@@ -210,8 +230,13 @@ def group_activations(
 ) -> pd.DataFrame:
     """`activation_shift` between the groups over `probe_prompts(requests, items, limit=prompts)`, with
     `edited_layer` when the edited layers are known."""
-    table = activation_shift(_ordered(models), tokenizer, probe_prompts(requests, items, limit=prompts),
-                             batch_size=batch_size, progress=progress)
+    table = activation_shift(
+        _ordered(models),
+        tokenizer,
+        probe_prompts(requests, items, limit=prompts),
+        batch_size=batch_size,
+        progress=progress,
+    )
     if edit_layers is not None:
         table["edited_layer"] = table["layer"].isin(list(edit_layers))
     return table
@@ -239,20 +264,41 @@ def evaluate_groups(
     ordered: dict[str, nn.Module] = _ordered(models)
     # Load the downstream items first: a missing task file fails before any model work.
     items = task_items(tasks, data_dir, task_limit)
-    scores = {g: score_group(m, tokenizer, requests, control, tasks=tasks, data_dir=data_dir, task_mode=task_mode,
-                             task_limit=task_limit, num_beams=num_beams, answer_extraction=answer_extraction,
-                             batch_size=batch_size, progress=progress)
-              for g, m in ordered.items()}
+    scores = {
+        g: score_group(
+            m,
+            tokenizer,
+            requests,
+            control,
+            tasks=tasks,
+            data_dir=data_dir,
+            task_mode=task_mode,
+            task_limit=task_limit,
+            num_beams=num_beams,
+            answer_extraction=answer_extraction,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for g, m in ordered.items()
+    }
     result = summarize_groups(scores, requests)
     if activations and len(ordered) > 1:
-        result.tables["activations"] = group_activations(ordered, tokenizer, requests, items,
-                                                         prompts=activation_prompts, edit_layers=edit_layers,
-                                                         batch_size=batch_size, progress=progress)
+        result.tables["activations"] = group_activations(
+            ordered,
+            tokenizer,
+            requests,
+            items,
+            prompts=activation_prompts,
+            edit_layers=edit_layers,
+            batch_size=batch_size,
+            progress=progress,
+        )
     return result
 
 
-def write_summary(result: Summary, out_dir: str | Path, extra: Mapping[str, Any] | None = None, *,
-                  run_id: str | None = None) -> list[Path]:
+def write_summary(
+    result: Summary, out_dir: str | Path, extra: Mapping[str, Any] | None = None, *, run_id: str | None = None
+) -> list[Path]:
     """Each table as <name>.parquet (with a leading `run_id` column when given) and summary.json (`extra`
     fields beside the summary's), every file written atomically; returns the paths in writing order."""
     out = Path(out_dir)

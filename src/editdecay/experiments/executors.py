@@ -58,8 +58,9 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus_per_task: float = 1.0,
-                 ray_init: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, num_cpus_per_task: float = 1.0, ray_init: dict[str, Any] | None = None
+    ) -> None:
         self.address = address
         self.num_cpus_per_task = num_cpus_per_task
         self.ray_init = ray_init or {}
@@ -77,8 +78,9 @@ class RayExecutor:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
             task = ray.remote(num_cpus=self.num_cpus_per_task, num_gpus=gpus, max_retries=2)(_run_chain)
             chains = _chains(configs)
-            log.info("Submitting %d Ray tasks for %d configurations (GPU per task: %d)", len(chains), len(configs),
-                     gpus)
+            log.info(
+                "Submitting %d Ray tasks for %d configurations (GPU per task: %d)", len(chains), len(configs), gpus
+            )
             store, runs = str(Path(store_root).resolve()), str(Path(runs_root).resolve())
             futures = [task.remote([c.model_dump(mode="json") for c in chain], store, runs) for chain in chains]
             outputs = []
@@ -92,8 +94,10 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
         by_hash = {Path(o["run_dir"]).name: o for o in outputs}
-        return [RunResult(Path(by_hash[c.config_hash()]["run_dir"]), c, by_hash[c.config_hash()]["executed"])
-                for c in configs]
+        return [
+            RunResult(Path(by_hash[c.config_hash()]["run_dir"]), c, by_hash[c.config_hash()]["executed"])
+            for c in configs
+        ]
 
 
 def _chains(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:

@@ -19,8 +19,16 @@ def expand_grid(grid: GridConfig) -> list[ExperimentConfig]:
 
 def _reuse_order(config: ExperimentConfig) -> tuple:
     layers = config.finetune.layers
-    return (config.model.source, config.model.dtype, config.edits.dataset, config.edits.n, config.edits.seed or -1,
-            config.editor.name, config.finetune.method, layers if isinstance(layers, str) else str(layers))
+    return (
+        config.model.source,
+        config.model.dtype,
+        config.edits.dataset,
+        config.edits.n,
+        config.edits.seed or -1,
+        config.editor.name,
+        config.finetune.method,
+        layers if isinstance(layers, str) else str(layers),
+    )
 
 
 @dataclass
@@ -40,15 +48,20 @@ class GridPlan:
     def lines(self) -> list[str]:
         out = [f"{self.configs} configurations, {self.complete_runs} already complete"]
         for name, plan in self.stages.items():
-            extra = (f" ({len(plan.undetermined)} of them for models whose config is not in the local cache: "
-                     "counted from the config as written, cache status unknown)" if plan.undetermined else "")
+            extra = (
+                f" ({len(plan.undetermined)} of them for models whose config is not in the local cache: "
+                "counted from the config as written, cache status unknown)"
+                if plan.undetermined
+                else ""
+            )
             to_run = len(plan.to_run) + len(plan.undetermined)
             out.append(f"  {name:12s} {to_run:4d} to run, {len(plan.cached):4d} cached{extra}")
         return out
 
 
-def plan_grid(configs: list[ExperimentConfig], store: ArtifactStore, runs_root: Path,
-              dtypes: DtypeResolver | None = None) -> GridPlan:
+def plan_grid(
+    configs: list[ExperimentConfig], store: ArtifactStore, runs_root: Path, dtypes: DtypeResolver | None = None
+) -> GridPlan:
     """How many edits, fine-tunings, evaluations and activation analyses a grid needs, and which are cached.
     Keys are resolved as the run resolves them (model shape from its config, `auto` dtypes probed here)."""
     dtypes = dtypes or DtypeResolver()

@@ -15,7 +15,7 @@ import torch
 from editdecay.config import ExperimentConfig
 from editdecay.editing import build_editor
 from editdecay.editing.patch import PATCH_FORMAT
-from editdecay.experiments.keys import data_source_key, model_source_key, stable_hash
+from editdecay.experiments.artifact_keys import data_source_key, model_source_key, stable_hash
 from editdecay.finetuning import FinetuneSpec
 from editdecay.finetuning.result import RESULT_FORMAT
 from editdecay.models import DtypeResolver, ModelShape, ModelSpec
@@ -47,8 +47,12 @@ def resolve_device(device: str) -> str:
 
 
 def model_spec(config: ExperimentConfig) -> ModelSpec:
-    return ModelSpec(source=config.model.source, revision=config.model.revision, dtype=config.model.dtype,
-                     device=resolve_device(config.model.device))
+    return ModelSpec(
+        source=config.model.source,
+        revision=config.model.revision,
+        dtype=config.model.dtype,
+        device=resolve_device(config.model.device),
+    )
 
 
 def editor_hparams(config: ExperimentConfig) -> dict[str, Any]:
@@ -63,8 +67,9 @@ def finetune_spec(config: ExperimentConfig) -> FinetuneSpec:
 
 def resolve_experiment(config: ExperimentConfig, shape: ModelShape, dtypes: DtypeResolver) -> ResolvedExperiment:
     device = model_spec(config).device
-    editor = build_editor(config.editor.name, editor_hparams(config) or None, preset=config.editor.preset,
-                          dtypes=dtypes)
+    editor = build_editor(
+        config.editor.name, editor_hparams(config) or None, preset=config.editor.preset, dtypes=dtypes
+    )
     hparams = editor.resolved_hparams(shape, device).to_dict()
     spec = finetune_spec(config).with_resolved_dtype(dtypes, shape, device)
     return ResolvedExperiment(config, device, hparams, spec)
@@ -79,9 +84,13 @@ def stage_keys(resolved: ResolvedExperiment) -> dict[str, str]:
     patch_key = stable_hash("patch", PATCH_FORMAT, model_key, edits_key, editor)
     spec = resolved.finetune_spec
     layers = None if spec.layers == "all" else resolved.edit_layers
-    ft = {"spec": spec.to_dict(), "corpus": data_source_key(config.finetune.corpus, "corpus"),
-          "max_examples": config.finetune.max_examples, "corpus_seed": config.finetune.corpus_seed,
-          "edit_layers": layers}
+    ft = {
+        "spec": spec.to_dict(),
+        "corpus": data_source_key(config.finetune.corpus, "corpus"),
+        "max_examples": config.finetune.max_examples,
+        "corpus_seed": config.finetune.corpus_seed,
+        "edit_layers": layers,
+    }
     keys = {
         "model": model_key,
         "edits": edits_key,
@@ -101,16 +110,20 @@ def stage_keys(resolved: ResolvedExperiment) -> dict[str, str]:
 def patch_chain_key(config: ExperimentConfig) -> str:
     """Configurations with equal values here share one WeightPatch (same model, edits and editor as written):
     the unit an executor runs on one worker. A grouping only; the store keys come from `stage_keys`."""
-    return stable_hash(config.model.model_dump(mode="json"), config.edits.model_dump(mode="json"),
-                       config.editor.model_dump(mode="json"))
+    return stable_hash(
+        config.model.model_dump(mode="json"),
+        config.edits.model_dump(mode="json"),
+        config.editor.model_dump(mode="json"),
+    )
 
 
 def written_keys(config: ExperimentConfig) -> dict[str, str]:
     """Stand-ins for `stage_keys` when the model's shape cannot be read (a hub id not in the local cache): one
     distinct value per distinct stage of the config as written, to count a grid's stages. Never store keys."""
     model = config.model.model_dump(mode="json")
-    patch = stable_hash("written-patch", model, config.edits.model_dump(mode="json"),
-                        config.editor.model_dump(mode="json"))
+    patch = stable_hash(
+        "written-patch", model, config.edits.model_dump(mode="json"), config.editor.model_dump(mode="json")
+    )
     ft = config.finetune.model_dump(mode="json")
     base_ft = stable_hash("written-ft", model, ft, None if config.finetune.layers == "all" else patch)
     keys = {"patch": patch, "ft_base": base_ft, "ft_edited": stable_hash("written-ft", patch, ft)}

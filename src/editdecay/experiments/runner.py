@@ -35,8 +35,9 @@ class RunResult:
         return self.config.config_hash()
 
 
-def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: str | Path, *,
-                   dtypes: DtypeResolver | None = None) -> RunResult:
+def run_experiment(
+    config: ExperimentConfig, store_root: str | Path, runs_root: str | Path, *, dtypes: DtypeResolver | None = None
+) -> RunResult:
     """Build M, Med, Mft and Med_ft, evaluate each, and write `runs_root/<config hash>/` (DONE last).
     `dtypes` resolves `auto` dtypes (one resolver per process keeps the probe to one measurement)."""
     store = ArtifactStore(store_root)
@@ -50,10 +51,10 @@ def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: 
     dtypes = dtypes or DtypeResolver()
     start = time.perf_counter()
     log.info("Experiment %s -> %s", config.name, run_dir)
-    requests = load_edit_requests(config.edits.dataset, config.edits.n, seed=config.edits.seed,
-                                  zsre_target=config.edits.zsre_target)
-    control = (load_edit_requests("builtin-control", config.evaluation.control_n)
-               if config.evaluation.control else [])
+    requests = load_edit_requests(
+        config.edits.dataset, config.edits.n, seed=config.edits.seed, zsre_target=config.edits.zsre_target
+    )
+    control = load_edit_requests("builtin-control", config.evaluation.control_n) if config.evaluation.control else []
     base = load_model(model_spec(config))
     run = RunContext(base, resolve_experiment(config, ModelShape.of(base.model), dtypes), store, dtypes)
     keys = stage_keys(run.resolved)
@@ -63,6 +64,7 @@ def run_experiment(config: ExperimentConfig, store_root: str | Path, runs_root: 
     scores = {group: stages.evaluate_stage(run, group, requests, control, keys[f"eval_{group}"]) for group in GROUPS}
     activations = stages.activation_stage(run, requests, keys["activations"], patch.layers)
 
-    stages.write_run_dir(run, run_dir, requests, scores, activations, patch, keys,
-                         wall_seconds=round(time.perf_counter() - start, 2))
+    stages.write_run_dir(
+        run, run_dir, requests, scores, activations, patch, keys, wall_seconds=round(time.perf_counter() - start, 2)
+    )
     return RunResult(run_dir, config, run.executed)

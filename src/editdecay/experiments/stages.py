@@ -36,10 +36,15 @@ def edit_stage(run: RunContext, requests: list[EditRequest], key: str) -> Weight
     config, base, resolved = run.config, run.base, run.resolved
 
     def compute(path: Path) -> None:
-        editor = build_editor(config.editor.name, resolved.editor_hparams, preset=config.editor.preset,
-                              dtypes=run.dtypes)
-        context = EditContext(stats=StatsStore(run.store.stats_root), targets=TargetStore(run.store.targets_root),
-                              seed=config.editor.seed, fingerprint=base.fingerprint)
+        editor = build_editor(
+            config.editor.name, resolved.editor_hparams, preset=config.editor.preset, dtypes=run.dtypes
+        )
+        context = EditContext(
+            stats=StatsStore(run.store.stats_root),
+            targets=TargetStore(run.store.targets_root),
+            seed=config.editor.seed,
+            fingerprint=base.fingerprint,
+        )
         patch = editor.edit(base.model, base.tokenizer, requests, context)
         patch.save(path / "patch")
 
@@ -47,14 +52,21 @@ def edit_stage(run: RunContext, requests: list[EditRequest], key: str) -> Weight
     return WeightPatch.load(path / "patch")
 
 
-def _finetune(run: RunContext, name: str, key: str, model: nn.Module, fingerprint: str,
-              edit_layers: list[int]) -> Path:
+def _finetune(run: RunContext, name: str, key: str, model: nn.Module, fingerprint: str, edit_layers: list[int]) -> Path:
     ft, base, resolved = run.config.finetune, run.base, run.resolved
 
     def compute(path: Path) -> None:
         examples = load_corpus(ft.corpus, max_examples=ft.max_examples, seed=ft.corpus_seed)
-        finetune(model, base.tokenizer, examples, resolved.finetune_spec, out_dir=path / "result",
-                 edited_layers=edit_layers, base_fingerprint=fingerprint, dtypes=run.dtypes)
+        finetune(
+            model,
+            base.tokenizer,
+            examples,
+            resolved.finetune_spec,
+            out_dir=path / "result",
+            edited_layers=edit_layers,
+            base_fingerprint=fingerprint,
+            dtypes=run.dtypes,
+        )
 
     return run.stage(name, "finetunes", key, compute) / "result"
 
@@ -81,41 +93,65 @@ def _task_names(run: RunContext) -> tuple[list[str], Path | None]:
     return available, data_dir
 
 
-def evaluate_stage(run: RunContext, group: str, requests: list[EditRequest], control: list[EditRequest],
-                   key: str) -> GroupScores:
+def evaluate_stage(
+    run: RunContext, group: str, requests: list[EditRequest], control: list[EditRequest], key: str
+) -> GroupScores:
     """`score_group` of one model group: its edit table, control table and downstream records."""
     evaluation = run.config.evaluation
     model, tokenizer = run.models[group], run.base.tokenizer
 
     def compute(path: Path) -> None:
         tasks, data_dir = _task_names(run)
-        score_group(model, tokenizer, requests, control, tasks=tasks, data_dir=data_dir, task_mode=evaluation.task_mode,
-                    task_limit=evaluation.task_limit, num_beams=evaluation.num_beams,
-                    answer_extraction=evaluation.answer_extraction, batch_size=evaluation.batch_size).save(path)
+        score_group(
+            model,
+            tokenizer,
+            requests,
+            control,
+            tasks=tasks,
+            data_dir=data_dir,
+            task_mode=evaluation.task_mode,
+            task_limit=evaluation.task_limit,
+            num_beams=evaluation.num_beams,
+            answer_extraction=evaluation.answer_extraction,
+            batch_size=evaluation.batch_size,
+        ).save(path)
 
     return GroupScores.load(run.stage(f"evaluate {group}", "evals", key, compute))
 
 
-def activation_stage(run: RunContext, requests: list[EditRequest], key: str,
-                     edit_layers: list[int]) -> pd.DataFrame | None:
+def activation_stage(
+    run: RunContext, requests: list[EditRequest], key: str, edit_layers: list[int]
+) -> pd.DataFrame | None:
     evaluation = run.config.evaluation
     if not evaluation.activations:
         return None
 
     def compute(path: Path) -> None:
         tasks, data_dir = _task_names(run)
-        table = group_activations({g: run.models[g] for g in GROUPS}, run.base.tokenizer, requests,
-                                  task_items(tasks, data_dir, evaluation.task_limit),
-                                  prompts=evaluation.activation_prompts, edit_layers=edit_layers,
-                                  batch_size=evaluation.batch_size)
+        table = group_activations(
+            {g: run.models[g] for g in GROUPS},
+            run.base.tokenizer,
+            requests,
+            task_items(tasks, data_dir, evaluation.task_limit),
+            prompts=evaluation.activation_prompts,
+            edit_layers=edit_layers,
+            batch_size=evaluation.batch_size,
+        )
         atomic_write_parquet(path / "activations.parquet", table)
 
     return pd.read_parquet(run.stage("activations", "activations", key, compute) / "activations.parquet")
 
 
-def write_run_dir(run: RunContext, run_dir: Path, requests: list[EditRequest], scores: dict[str, GroupScores],
-                  activations: pd.DataFrame | None, patch: WeightPatch, keys: dict[str, str],
-                  wall_seconds: float) -> None:
+def write_run_dir(
+    run: RunContext,
+    run_dir: Path,
+    requests: list[EditRequest],
+    scores: dict[str, GroupScores],
+    activations: pd.DataFrame | None,
+    patch: WeightPatch,
+    keys: dict[str, str],
+    wall_seconds: float,
+) -> None:
     """`summarize_groups` of the run's groups, written like `editdecay evaluate` writes it (plus a run_id
     column), with config.json, run.parquet and the run's record in summary.json; DONE last."""
     config, run_id = run.config, run.config.config_hash()
@@ -125,11 +161,19 @@ def write_run_dir(run: RunContext, run_dir: Path, requests: list[EditRequest], s
     result = summarize_groups(scores, requests)
     if activations is not None:
         result.tables["activations"] = activations
-    record: dict[str, Any] = {"run_id": run_id, "name": config.name, "config": config.model_dump(mode="json"),
-                              "edit_layers": patch.layers, "artifacts": keys, "environment": environment_info(),
-                              "executed_stages": run.executed, "stage_seconds": run.timings,
-                              "wall_seconds": wall_seconds, "evaluation_dtype": evaluation_dtype(run.models),
-                              "resolved": _resolved_record(run)}
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "name": config.name,
+        "config": config.model_dump(mode="json"),
+        "edit_layers": patch.layers,
+        "artifacts": keys,
+        "environment": environment_info(),
+        "executed_stages": run.executed,
+        "stage_seconds": run.timings,
+        "wall_seconds": wall_seconds,
+        "evaluation_dtype": evaluation_dtype(run.models),
+        "resolved": _resolved_record(run),
+    }
     write_summary(result, run_dir, record, run_id=run_id)
     atomic_write_text(run_dir / "DONE", "ok\n")
 
@@ -145,27 +189,41 @@ def evaluation_dtype(models: dict[str, nn.Module]) -> str:
 
 def _resolved_record(run: RunContext) -> dict[str, Any]:
     resolved = run.resolved
-    return {"device": resolved.device, "editor_hparams": resolved.editor_hparams,
-            "finetune_spec": resolved.finetune_spec.to_dict(),
-            "dtype_probes": [probe.to_dict() for probe in run.dtypes.results.values()]}
+    return {
+        "device": resolved.device,
+        "editor_hparams": resolved.editor_hparams,
+        "finetune_spec": resolved.finetune_spec.to_dict(),
+        "dtype_probes": [probe.to_dict() for probe in run.dtypes.results.values()],
+    }
 
 
 def _run_row(run: RunContext, patch: WeightPatch) -> dict[str, Any]:
     config = run.config
     layers = config.finetune.layers
-    return {"run_id": config.config_hash(), "name": config.name, "model": config.model.source,
-            "dataset": Path(config.edits.dataset).stem if "/" in config.edits.dataset else config.edits.dataset,
-            "n_edits": config.edits.n, "editor": config.editor.name, "ft_method": config.finetune.method,
-            "ft_layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
-            "edit_layers": ",".join(map(str, patch.layers))}
+    return {
+        "run_id": config.config_hash(),
+        "name": config.name,
+        "model": config.model.source,
+        "dataset": Path(config.edits.dataset).stem if "/" in config.edits.dataset else config.edits.dataset,
+        "n_edits": config.edits.n,
+        "editor": config.editor.name,
+        "ft_method": config.finetune.method,
+        "ft_layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
+        "edit_layers": ",".join(map(str, patch.layers)),
+    }
 
 
 def environment_info() -> dict[str, Any]:
     import peft
     import transformers
 
-    return {"editdecay": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
+    return {
+        "editdecay": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def deep_copy_model(model: nn.Module) -> nn.Module:

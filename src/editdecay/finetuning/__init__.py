@@ -1,12 +1,12 @@
 """Full / LoRA / DoRA fine-tuning with a layer policy (all, edited, non-edited, explicit blocks)."""
 
 from editdecay.finetuning.collate import TokenizedExample, split_validation, tokenize_example
+from editdecay.finetuning.finetune_run import checkpoint_dir, finetune
 from editdecay.finetuning.loop import corpus_loss
 from editdecay.finetuning.methods import FINETUNE_METHODS, FinetuneMethod, register_method
 from editdecay.finetuning.result import FinetuneResult, load_finetuned
-from editdecay.finetuning.runner import checkpoint_dir, finetune
 from editdecay.finetuning.spec import DEFAULT_TARGETS, LAYER_POLICIES, FinetuneSpec
-from editdecay.finetuning.targets import resolve_layers, resolve_trainable_modules
+from editdecay.finetuning.trainable_modules import resolve_layers, resolve_trainable_modules
 
 __all__ = [
     "DEFAULT_TARGETS",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editdecay.data.corpus import InstructionExample, format_prompt
+from editdecay.data.instruction_corpus import InstructionExample, format_prompt
 
 IGNORE_INDEX = -100
 _MEGABATCH = 50  # length grouping sorts within windows of 50 batches, as Hugging Face's LengthGroupedSampler
@@ -58,8 +58,7 @@ def split_validation(
     if n_val >= len(examples):
         raise ValueError(f"val_fraction {fraction} leaves no training examples out of {len(examples)}.")
     held = set(random.Random(seed).sample(range(len(examples)), n_val))
-    return ([ex for i, ex in enumerate(examples) if i not in held],
-            [ex for i, ex in enumerate(examples) if i in held])
+    return ([ex for i, ex in enumerate(examples) if i not in held], [ex for i, ex in enumerate(examples) if i in held])
 
 
 def examples_fingerprint(examples: Sequence[InstructionExample]) -> str:
@@ -83,9 +82,12 @@ def epoch_batches(
     order = torch.randperm(len(lengths), generator=generator).tolist()
     if group_by_length:
         window = batch_size * _MEGABATCH
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start:start + window], key=lambda j: -lengths[j])]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = [
+            i
+            for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lambda j: -lengths[j])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches
@@ -103,10 +105,3 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
         labels[row, :n] = torch.tensor(ex.labels)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0

@@ -17,17 +17,16 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from editdecay.data.corpus import InstructionExample
+from editdecay.data.instruction_corpus import InstructionExample
 from editdecay.finetuning.collate import (
     IGNORE_INDEX,
     TokenizedExample,
     collate,
     epoch_batches,
-    pad_token_id,
     tokenize_example,
 )
 from editdecay.finetuning.spec import FinetuneSpec
-from editdecay.models import unembedding
+from editdecay.models import pad_id_of, unembedding
 from editdecay.storage import atomic_directory
 
 _STATE = "state.json"
@@ -56,9 +55,9 @@ def plan_steps(tokenized: Sequence[TokenizedExample], spec: FinetuneSpec) -> lis
     epoch = 0
     while (len(steps) < spec.max_steps) if spec.max_steps else (epoch < spec.epochs):
         batches = epoch_batches(lengths, spec.batch_size, spec.seed, epoch, spec.group_by_length)
-        steps += [batches[i:i + spec.grad_accum] for i in range(0, len(batches), spec.grad_accum)]
+        steps += [batches[i : i + spec.grad_accum] for i in range(0, len(batches), spec.grad_accum)]
         epoch += 1
-    return steps[:spec.max_steps] if spec.max_steps else steps
+    return steps[: spec.max_steps] if spec.max_steps else steps
 
 
 def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
@@ -72,8 +71,9 @@ def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
 
 def autocast(model: nn.Module, spec: FinetuneSpec) -> AbstractContextManager[Any]:
     if spec.compute_dtype not in ("bfloat16", "float32"):
-        raise ValueError(f"compute_dtype {spec.compute_dtype!r} must be resolved first "
-                         "(FinetuneSpec.with_resolved_dtype).")
+        raise ValueError(
+            f"compute_dtype {spec.compute_dtype!r} must be resolved first (FinetuneSpec.with_resolved_dtype)."
+        )
     device = next(model.parameters()).device
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=spec.compute_dtype == "bfloat16")
 
@@ -93,8 +93,10 @@ def token_loss_sum(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.T
     finally:
         handle.remove()
     if logits.shape[:-1] != (int(keep.sum()),):
-        raise RuntimeError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)}: its forward must "
-                           "apply the output embedding once to every position.")
+        raise RuntimeError(
+            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)}: its forward must "
+            "apply the output embedding once to every position."
+        )
     return nn.functional.cross_entropy(logits.float(), inputs["labels"][:, 1:][predicts], reduction="sum")
 
 
@@ -111,14 +113,17 @@ class Checkpoint:
             return None
         saved = json.loads(state_file.read_text())
         if saved.get("run_key") != self.run_key:
-            tqdm.write(f"Checkpoint {self.directory} belongs to a different run (spec, corpus or base model); "
-                       "starting clean.")
+            tqdm.write(
+                f"Checkpoint {self.directory} belongs to a different run (spec, corpus or base model); starting clean."
+            )
             return None
         tensors = torch.load(self.directory / _TENSORS, weights_only=True)
         trainable = _trainable(trained)
         if set(tensors) != set(trainable):
-            raise RuntimeError(f"Checkpoint {self.directory} holds parameters {sorted(set(tensors) ^ set(trainable))} "
-                               "that do not match this run; delete it to start clean.")
+            raise RuntimeError(
+                f"Checkpoint {self.directory} holds parameters {sorted(set(tensors) ^ set(trainable))} "
+                "that do not match this run; delete it to start clean."
+            )
         with torch.no_grad():
             for name, param in trainable.items():
                 param.copy_(tensors[name])
@@ -216,8 +221,8 @@ def corpus_loss(
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(tokenized), spec.batch_size):
-        chunk = tokenized[start:start + spec.batch_size]
-        inputs = {k: v.to(device) for k, v in collate(chunk, pad_token_id(tokenizer)).items()}
+        chunk = tokenized[start : start + spec.batch_size]
+        inputs = {k: v.to(device) for k, v in collate(chunk, pad_id_of(tokenizer)).items()}
         with autocast(model, spec):
             total += token_loss_sum(model, inputs).item()
         count += sum(ex.n_targets for ex in chunk)

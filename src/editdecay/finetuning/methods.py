@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -25,12 +25,17 @@ ADAPTER_DIR = "adapter"
 
 
 class MethodSettings(Protocol):
-    """What a method reads of a FinetuneSpec (spec.py imports this module, so not the other way round)."""
+    """What a method reads of a FinetuneSpec (spec.py imports this module, so not the other way round).
+    Read-only members, so the frozen FinetuneSpec satisfies it."""
 
-    r: int
-    alpha: float
-    dropout: float
-    seed: int
+    @property
+    def r(self) -> int: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
 
 
 class FinetuneMethod(Protocol):
@@ -93,7 +98,8 @@ class FullFinetune:
     def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
         delta = {
             name: (param.detach() - base.get_parameter(name).detach().float()).contiguous()
-            for name, param in trained.named_parameters() if param.requires_grad
+            for name, param in trained.named_parameters()
+            if param.requires_grad
         }
         save_file(delta, str(directory / DELTA_FILE))
 
@@ -103,8 +109,10 @@ class FullFinetune:
             for name, delta in load_file(str(directory / DELTA_FILE)).items():
                 param = model.get_parameter(name)
                 if param.shape != delta.shape:
-                    raise ValueError(f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
-                                     f"the model's parameter has {tuple(param.shape)}")
+                    raise ValueError(
+                        f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
+                        f"the model's parameter has {tuple(param.shape)}"
+                    )
                 param.add_(delta)
         return _finish(model, base)
 
@@ -112,7 +120,7 @@ class FullFinetune:
 class LoraFinetune:
     default_lr = 2e-4
 
-    def __init__(self, name: str, use_dora: bool, **lora_options: object) -> None:
+    def __init__(self, name: str, use_dora: bool, **lora_options: Any) -> None:
         """`lora_options` are passed on to PEFT's LoraConfig (e.g. use_rslora=True)."""
         self.name = name
         self.use_dora = use_dora
@@ -124,16 +132,29 @@ class LoraFinetune:
         return spec.r * (fan_in + fan_out) + (fan_out if self.use_dora else 0)
 
     def prepare(self, model: nn.Module, modules: list[str], spec: MethodSettings) -> nn.Module:
+        from peft import LoraConfig, get_peft_model  # imported when used: peft costs ~2 s at every CLI start
+
         config = LoraConfig(
-            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(modules),
-            use_dora=self.use_dora, bias="none", task_type="CAUSAL_LM",
-            fan_in_fan_out=isinstance(model.get_submodule(modules[0]), Conv1D), **self.lora_options,
+            r=spec.r,
+            lora_dropout=spec.dropout,
+            target_modules=list(modules),
+            lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft annotates it int; a float works (alpha / r)
+            use_dora=self.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+            fan_in_fan_out=isinstance(model.get_submodule(modules[0]), Conv1D),
+            **self.lora_options,
         )
         # The adapter initialisation draws from torch's global generator: seed it for reproducibility.
         torch.manual_seed(spec.seed)
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft 0.21's PeftModel reads `is_gradient_checkpointing`, which transformers 5 deprecates (not ours).
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
 
     def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
+        from peft import PeftModel
+
         if not isinstance(trained, PeftModel):
             raise TypeError(f"{self.name} training produced {type(trained).__name__}, expected a PeftModel")
         trained.save_pretrained(str(directory / ADAPTER_DIR))
@@ -141,6 +162,8 @@ class LoraFinetune:
     def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
         # Merging happens in float32: bf16 would round small adapter updates away.
         model = _as_float32_copy(base) if merge else copy.deepcopy(base)
+        from peft import PeftModel
+
         peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
         if merge:
             return _finish(peft_model.merge_and_unload(), base)

@@ -88,8 +88,9 @@ class FinetuneSpec:
         if problems:
             raise ValueError(f"Invalid FinetuneSpec: {'; '.join(problems)}.")
 
-    def with_resolved_dtype(self, dtypes: DtypeResolver, model: nn.Module | ModelShape,
-                            device: str | None = None) -> FinetuneSpec:
+    def with_resolved_dtype(
+        self, dtypes: DtypeResolver, model: nn.Module | ModelShape, device: str | None = None
+    ) -> FinetuneSpec:
         """This spec with `compute_dtype` concrete (`auto` measured) for the model's shape on `device` (default:
         the model's own device)."""
         shape = ModelShape.of(model)
@@ -97,8 +98,13 @@ class FinetuneSpec:
             if isinstance(model, ModelShape):
                 raise ValueError("with_resolved_dtype of a ModelShape needs the device the run will use.")
             device = str(next(model.parameters()).device)
-        chosen = dtypes.resolve(self.compute_dtype, device=device, d_in=shape.hidden_size,
-                                d_out=shape.intermediate_size, purpose="fine-tuning")
+        chosen = dtypes.resolve(
+            self.compute_dtype,
+            device=device,
+            d_in=shape.hidden_size,
+            d_out=shape.intermediate_size,
+            purpose="fine-tuning",
+        )
         return replace(self, compute_dtype=chosen)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,10 +147,13 @@ def _normalise_layers(layers: object) -> str | tuple[int, ...]:
     if isinstance(layers, str):
         if layers in LAYER_POLICIES:
             return layers
-        raise ValueError(f"Unknown layer policy {layers!r}; choose one of {', '.join(LAYER_POLICIES)} "
-                         "or give block indices.")
-    if isinstance(layers, list | tuple) and layers and all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
+        raise ValueError(
+            f"Unknown layer policy {layers!r}; choose one of {', '.join(LAYER_POLICIES)} or give block indices."
+        )
+    if (
+        isinstance(layers, list | tuple)
+        and layers
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
     ):
         return tuple(sorted(set(layers)))
     raise ValueError(f"layers must be {', '.join(LAYER_POLICIES)} or a non-empty list of block indices, got {layers!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from numbers import Integral
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -18,6 +19,24 @@ from editdecay.models.precision import mlp_shape
 
 class UnsupportedArchitectureError(ValueError):
     """The model's `config.model_type` has no registered ArchSpec."""
+
+
+class CausalLM(Protocol):
+    """The members of a transformers causal LM (or of a PEFT wrapper, which forwards them) that editdecay calls.
+    Models are passed around as `nn.Module`, whose `__getattr__` types every such member `Tensor | Module`."""
+
+    config: PretrainedConfig
+
+    def get_input_embeddings(self) -> nn.Module: ...
+    def get_output_embeddings(self) -> nn.Module | None: ...
+    def set_attn_implementation(self, attn_implementation: str) -> None: ...
+    # Token ids: editdecay never asks generate for a dict (return_dict_in_generate).
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+def causal_lm(model: nn.Module) -> CausalLM:
+    """`model` typed as the transformers causal LM it is (no check: a typing view only)."""
+    return cast(CausalLM, model)
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,14 @@ _REGISTRY: list[ArchSpec] = [
         final_norm_path="transformer.ln_f",
         mlp_out_transposed=True,
         # GPT-2 fuses q, k and v into one Conv1D.
-        block_modules={"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
-                       "up": "mlp.c_fc", "down": "mlp.c_proj"},
+        block_modules={
+            "q": "attn.c_attn",
+            "k": "attn.c_attn",
+            "v": "attn.c_attn",
+            "o": "attn.c_proj",
+            "up": "mlp.c_fc",
+            "down": "mlp.c_proj",
+        },
     ),
     ArchSpec(
         name="gptj",
@@ -88,8 +113,14 @@ _REGISTRY: list[ArchSpec] = [
         blocks_path="transformer.h",
         mlp_out_template="transformer.h.{}.mlp.fc_out",
         final_norm_path="transformer.ln_f",
-        block_modules={"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.out_proj",
-                       "up": "mlp.fc_in", "down": "mlp.fc_out"},
+        block_modules={
+            "q": "attn.q_proj",
+            "k": "attn.k_proj",
+            "v": "attn.v_proj",
+            "o": "attn.out_proj",
+            "up": "mlp.fc_in",
+            "down": "mlp.fc_out",
+        },
     ),
     ArchSpec(
         name="gpt_neox",
@@ -97,9 +128,14 @@ _REGISTRY: list[ArchSpec] = [
         blocks_path="gpt_neox.layers",
         mlp_out_template="gpt_neox.layers.{}.mlp.dense_4h_to_h",
         final_norm_path="gpt_neox.final_layer_norm",
-        block_modules={"q": "attention.query_key_value", "k": "attention.query_key_value",
-                       "v": "attention.query_key_value", "o": "attention.dense",
-                       "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
+        block_modules={
+            "q": "attention.query_key_value",
+            "k": "attention.query_key_value",
+            "v": "attention.query_key_value",
+            "o": "attention.dense",
+            "up": "mlp.dense_h_to_4h",
+            "down": "mlp.dense_4h_to_h",
+        },
     ),
     ArchSpec(
         name="llama",
@@ -157,15 +193,13 @@ def arch_for(model_or_type: nn.Module | str) -> ArchSpec:
 def _model_type(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is None:
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no `config`; expected a transformers model."
-        )
+        raise UnsupportedArchitectureError(f"{type(model).__name__} has no `config`; expected a transformers model.")
     # A PEFT wrapper keeps the base config; text configs of multimodal models are not handled here.
     return str(config.model_type)
 
 
 def num_blocks(model: nn.Module) -> int:
-    return len(get_module(model, arch_for(model).blocks_path))
+    return len(cast(nn.ModuleList, get_module(model, arch_for(model).blocks_path)))  # blocks_path names a ModuleList
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -198,13 +232,18 @@ def check_layers(model: nn.Module | ModelShape, layers: list[int] | tuple[int, .
 
 def edit_matrix(model: nn.Module, layer: int) -> torch.Tensor:
     """The MLP output projection of `layer` as W (d_out x d_in), a view when possible (docs/algorithms.md §0)."""
-    weight = mlp_out(model, layer).weight
+    weight = _weight(mlp_out(model, layer))
     return weight.T if arch_for(model).mlp_out_transposed else weight
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """`module.weight`, a parameter of a Linear, Conv1D or Embedding (`nn.Module` types it `Tensor | Module`)."""
+    return cast(torch.Tensor, module.weight)
 
 
 def unembedding(model: nn.Module) -> nn.Module:
     """The output embedding (lm_head), tied or not: always through the model's accessor."""
-    head = model.get_output_embeddings()
+    head = causal_lm(model).get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding (is it a causal LM?).")
     return head
@@ -215,9 +254,9 @@ def final_norm(model: nn.Module) -> nn.Module:
 
 
 def embeddings_tied(model: nn.Module) -> bool:
-    head = model.get_output_embeddings()
-    inputs = model.get_input_embeddings()
-    return head is not None and head.weight.data_ptr() == inputs.weight.data_ptr()
+    head = causal_lm(model).get_output_embeddings()
+    inputs = causal_lm(model).get_input_embeddings()
+    return head is not None and _weight(head).data_ptr() == _weight(inputs).data_ptr()
 
 
 @dataclass(frozen=True)
@@ -234,9 +273,11 @@ class KnownModel:
     vocab_sizes: tuple[int, int] = (0, 1 << 30)  # [low, high): tells apart sizes that share a shape
 
     def matches(self, shape: ModelShape) -> bool:
-        return ((self.model_type, self.num_layers, self.hidden_size)
-                == (shape.model_type, shape.num_layers, shape.hidden_size)
-                and self.vocab_sizes[0] <= shape.vocab_size < self.vocab_sizes[1])
+        return (self.model_type, self.num_layers, self.hidden_size) == (
+            shape.model_type,
+            shape.num_layers,
+            shape.hidden_size,
+        ) and self.vocab_sizes[0] <= shape.vocab_size < self.vocab_sizes[1]
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
@@ -244,12 +285,24 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
     KnownModel("llama-2-7b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (0, 128_000)),
     KnownModel("llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (128_000, 1 << 30)),
-    KnownModel("smollm2-135m", "llama", 30, 576, (4, 5, 6, 7, 8),
-               "causal tracing of MLP outputs peaks at layer 7 (window 5-9), edited one layer earlier as measured "
-               "best; docs/edit_layers.md"),
-    KnownModel("gemma3-270m", "gemma3_text", 18, 640, (3, 4, 5, 6, 7),
-               "causal tracing of MLP outputs peaks at layer 4 (window 2-6), edited one layer later as measured "
-               "best; docs/edit_layers.md"),
+    KnownModel(
+        "smollm2-135m",
+        "llama",
+        30,
+        576,
+        (4, 5, 6, 7, 8),
+        "causal tracing of MLP outputs peaks at layer 7 (window 5-9), edited one layer earlier as measured "
+        "best; docs/edit_layers.md",
+    ),
+    KnownModel(
+        "gemma3-270m",
+        "gemma3_text",
+        18,
+        640,
+        (3, 4, 5, 6, 7),
+        "causal tracing of MLP outputs peaks at layer 4 (window 2-6), edited one layer later as measured "
+        "best; docs/edit_layers.md",
+    ),
 )
 
 
@@ -279,7 +332,7 @@ class ModelShape:
         if isinstance(model, ModelShape):
             return model
         _model_type(model)  # a clear error for a module without a config
-        return cls.of_config(model.config, num_layers=num_blocks(model))
+        return cls.of_config(causal_lm(model).config, num_layers=num_blocks(model))
 
 
 def known_model(model: nn.Module | ModelShape) -> KnownModel | None:

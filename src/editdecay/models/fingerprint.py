@@ -35,8 +35,16 @@ def model_fingerprint(model: nn.Module) -> str:
 def _config_identity(config: object) -> str:
     as_dict = dict(config.to_dict())  # type: ignore[attr-defined]
     # Bookkeeping keys that do not change what the model computes.
-    for key in ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype",
-                "_commit_hash", "architectures", "use_cache"):
+    for key in (
+        "_name_or_path",
+        "_model_name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "_commit_hash",
+        "architectures",
+        "use_cache",
+    ):
         as_dict.pop(key, None)
     # sort_keys reaches nested dicts (rope parameters, ...), whose order depends on how the config was built.
     return json.dumps(as_dict, sort_keys=True, default=str)
@@ -44,7 +52,7 @@ def _config_identity(config: object) -> str:
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
 
 def combine_fingerprints(*parts: str) -> str:

@@ -40,14 +40,13 @@ def gather_positions(hidden: torch.Tensor, positions: Positions) -> torch.Tensor
     return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
 
-def _flatten(
-    positions: Sequence[int] | Sequence[Sequence[int]], batch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _flatten(positions: Sequence[int] | Sequence[Sequence[int]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     if len(positions) != batch:
         raise ValueError(f"Got positions for {len(positions)} rows but the batch has {batch}.")
     rows: list[int] = []
     cols: list[int] = []
-    for row, item in enumerate(positions):
+    entries: Sequence[int | Sequence[int]] = positions
+    for row, item in enumerate(entries):
         items = [item] if isinstance(item, int) else list(item)
         rows.extend([row] * len(items))
         cols.extend(items)
@@ -70,12 +69,16 @@ def record(
     for name in module_names:
         module = model.get_submodule(name)
         if what == "input":
+
             def pre_hook(_mod: nn.Module, args: tuple, kwargs: dict, _name: str = name) -> None:
                 recorded[_name] = args[0] if args else kwargs["hidden_states"]
+
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         else:
+
             def hook(_mod: nn.Module, _args: tuple, output: torch.Tensor | tuple, _name: str = name) -> None:
                 recorded[_name] = hidden_of(output)
+
             handles.append(module.register_forward_hook(hook))
     try:
         yield recorded
@@ -87,6 +90,7 @@ def record(
 @contextmanager
 def edit_output(module: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Replace a module's hidden output h by edit(h) while inside the context."""
+
     def hook(_mod: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
         return replace_hidden(output, edit(hidden_of(output)))
 
@@ -105,6 +109,7 @@ def add_at_positions(module: nn.Module, vectors: torch.Tensor, positions: Positi
     of positions per row, `vectors` is (batch, dim): row i's vector is added at each of row i's positions.
     Autograd flows into `vectors`.
     """
+
     def add(hidden: torch.Tensor) -> torch.Tensor:
         batch = hidden.shape[0]
         vecs = vectors.expand(batch, -1) if vectors.dim() == 1 else vectors
@@ -132,6 +137,7 @@ def add_at_positions(module: nn.Module, vectors: torch.Tensor, positions: Positi
 @contextmanager
 def stop_after(module: nn.Module) -> Iterator[None]:
     """Raise StopForward once `module` has run; wrap the forward call in `run_until`."""
+
     def hook(_mod: nn.Module, _args: tuple, _output: object) -> None:
         raise StopForward
 
@@ -142,15 +148,16 @@ def stop_after(module: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-def run_until(model: nn.Module, last_module: nn.Module, **inputs: torch.Tensor) -> None:
+def run_until(model: nn.Module, last_module: nn.Module, **inputs: object) -> None:
     """Run a forward pass that ends right after `last_module` (saves the blocks above it)."""
     with stop_after(last_module), suppress(StopForward):
         model(**inputs)
 
 
 @contextmanager
-def replay_block_output(model: nn.Module, layer: int, template: torch.Tensor | tuple, hidden: torch.Tensor
-                        ) -> Iterator[None]:
+def replay_block_output(
+    model: nn.Module, layer: int, template: torch.Tensor | tuple, hidden: torch.Tensor
+) -> Iterator[None]:
     """While inside, blocks 0..layer-1 pass their input through and block `layer` returns `hidden`
     (formatted like its recorded raw output `template`): a forward pass then computes only the embedding
     and the blocks after `layer`, from a cached output of block `layer`."""
@@ -170,7 +177,7 @@ def replay_block_output(model: nn.Module, layer: int, template: torch.Tensor | t
 
 @contextmanager
 def _forward_replaced(module: nn.Module, forward: Callable[..., object]) -> Iterator[None]:
-    module.forward = forward  # type: ignore[method-assign]  # an instance attribute shadows the class method
+    module.forward = forward  # an instance attribute shadows the class method
     try:
         yield
     finally:

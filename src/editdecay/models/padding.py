@@ -24,6 +24,6 @@ def padded_groups(lengths: Sequence[int], *, overhead: int, max_rows: int | None
     groups = []
     end = len(order)
     while end:
-        groups.append(order[start[end]:end])
+        groups.append(order[start[end] : end])
         end = start[end]
     return groups[::-1]

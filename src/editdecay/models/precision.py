@@ -77,8 +77,15 @@ class ProbeResult:
         return self.float32_s / max(self.bfloat16_s, 1e-12)
 
     def to_dict(self) -> dict[str, object]:
-        return {"device": self.device, "shape": list(self.shape), "float32_s": self.float32_s,
-                "bfloat16_s": self.bfloat16_s, "speedup": self.speedup, "chosen": self.chosen, "reason": self.reason}
+        return {
+            "device": self.device,
+            "shape": list(self.shape),
+            "float32_s": self.float32_s,
+            "bfloat16_s": self.bfloat16_s,
+            "speedup": self.speedup,
+            "chosen": self.chosen,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -119,13 +126,24 @@ class DtypeResolver:
     def _measure(self, device: str, d_in: int, d_out: int) -> ProbeResult:
         shape = (PROBE_TOKENS, d_in, d_out)
         if self.forced is not None:
-            return ProbeResult(device, shape, None, None, self.forced,  # type: ignore[arg-type]
-                               f"{FORCE_ENV}={self.forced} set")
+            return ProbeResult(
+                device,
+                shape,
+                None,
+                None,
+                self.forced,  # type: ignore[arg-type]
+                f"{FORCE_ENV}={self.forced} set",
+            )
         if device.startswith("cuda"):
             supported = torch.cuda.is_bf16_supported()
-            return ProbeResult(device, shape, None, None, "bfloat16" if supported else "float32",
-                               "the CUDA device supports bfloat16" if supported
-                               else "the CUDA device has no bfloat16 support")
+            return ProbeResult(
+                device,
+                shape,
+                None,
+                None,
+                "bfloat16" if supported else "float32",
+                "the CUDA device supports bfloat16" if supported else "the CUDA device has no bfloat16 support",
+            )
         # One thread: the per-core ratio is what differs between CPUs, and a second thread's wake-up on a busy
         # machine costs milliseconds that would drown both timings.
         threads = torch.get_num_threads()
@@ -136,6 +154,7 @@ class DtypeResolver:
         finally:
             torch.set_num_threads(threads)
         speedup = float32_s / max(bfloat16_s, 1e-12)
+        chosen: Literal["bfloat16", "float32"]
         if speedup >= MIN_SPEEDUP:
             chosen, reason = "bfloat16", f"bfloat16 matmuls {speedup:.1f}x faster here"
         elif speedup >= 1:

@@ -25,8 +25,11 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
         if table.empty:
             continue
         table = table.round(2)
-        for suffix, text in ((".md", table.to_markdown(index=False)), (".tex", table.to_latex(index=False)),
-                             (".csv", table.to_csv(index=False))):
+        for suffix, text in (
+            (".md", table.to_markdown(index=False)),
+            (".tex", table.to_latex(index=False)),
+            (".csv", table.to_csv(index=False)),
+        ):
             atomic_write_text(out / f"{name}{suffix}", text)
             written.append(out / f"{name}{suffix}")
         sections.append(f"## {name}\n\n{(make.__doc__ or '').strip()}\n\n{table.to_markdown(index=False)}\n")
@@ -55,9 +58,11 @@ def demo_table(runs_dir: str | Path) -> str:
     keys = ["editor", "finetune"]
     # M and Mft never saw the edits: their PS/NS/margin add width, not information, to this summary.
     edited = ("Med", "Med_ft")
-    edits = _by_group(metrics[metrics["set"] == "edits"], keys,
-                      {"ES": ("es", GROUP_ORDER), "PS": ("ps", edited), "NS": ("ns", edited),
-                       "margin": ("es_magnitude", edited)})
+    edits = _by_group(
+        metrics[metrics["set"] == "edits"],
+        keys,
+        {"ES": ("es", GROUP_ORDER), "PS": ("ps", edited), "NS": ("ns", edited), "margin": ("es_magnitude", edited)},
+    )
     decay = con.execute("""
         SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune,
                d.delta_es_pp AS "ΔES", 100 * d.efr AS "EFR%", d.flips || '/' || d.successes_after_edit AS flips
@@ -66,17 +71,20 @@ def demo_table(runs_dir: str | Path) -> str:
     control = _by_group(metrics[metrics["set"] == "control"], keys, {"known": ("knows_true", GROUP_ORDER)})
     downstream = _by_group(metrics[metrics["set"] == "edits"], keys, {"downstream": ("downstream_avg", GROUP_ORDER)})
     side = control.merge(downstream, how="outer", on=keys) if not control.empty else downstream
-    parts = ["Edit decay (edit set, %; margin = mean P(new) - P(true) in points):",
-             edits.round(1).to_markdown(index=False, missingval="-")]
+    parts = [
+        "Edit decay (edit set, %; margin = mean P(new) - P(true) in points):",
+        edits.round(1).to_markdown(index=False, missingval="-"),
+    ]
     if len(side.columns) > len(keys):
-        parts += ["", "Side effects (known = unedited control facts still preferred, %; "
-                  "downstream = task accuracy, %):",
-                  side.round(1).to_markdown(index=False, missingval="-")]
+        parts += [
+            "",
+            "Side effects (known = unedited control facts still preferred, %; downstream = task accuracy, %):",
+            side.round(1).to_markdown(index=False, missingval="-"),
+        ]
     return "\n".join(parts)
 
 
-def _by_group(frame: pd.DataFrame, keys: list[str], columns: dict[str, tuple[str, tuple[str, ...]]]
-              ) -> pd.DataFrame:
+def _by_group(frame: pd.DataFrame, keys: list[str], columns: dict[str, tuple[str, tuple[str, ...]]]) -> pd.DataFrame:
     """Wide table: a `label(group)` column per metric (label -> (column, groups)) and model group."""
     if frame.empty:
         return pd.DataFrame(columns=keys)

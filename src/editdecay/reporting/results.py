@@ -29,4 +29,5 @@ def connect(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0])
+    row = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
+    return row is not None and bool(row[0])  # count(*) always returns a row

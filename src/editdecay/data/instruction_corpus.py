@@ -40,8 +40,10 @@ class InstructionExample:
 def format_prompt(example: InstructionExample, with_response: bool) -> str:
     """The Alpaca prompt (docs/algorithms.md §5); without the response it ends right after '### Response:\\n'."""
     if example.input:
-        text = (f"{_PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{example.instruction}\n\n"
-                f"### Input:\n{example.input}\n\n### Response:\n")
+        text = (
+            f"{_PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{example.instruction}\n\n"
+            f"### Input:\n{example.input}\n\n### Response:\n"
+        )
     else:
         text = f"{_PREAMBLE}\n\n### Instruction:\n{example.instruction}\n\n### Response:\n"
     return text + example.output if with_response else text
@@ -63,7 +65,8 @@ def load_corpus(
     if fmt not in CORPUS_FORMATS:
         raise ValueError(f"Unknown corpus format {fmt!r}; choose one of {', '.join(CORPUS_FORMATS)}.")
     examples = (
-        _builtin_examples() if str(source) == BUILTIN_CORPUS
+        _builtin_examples()
+        if str(source) == BUILTIN_CORPUS
         else [ex for path in _corpus_files(Path(source)) for ex in _load_file(path, fmt)]
     )
     if max_examples is None:
@@ -110,9 +113,7 @@ def _corpus_files(source: Path) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"Corpus directory {source} holds no .json or .jsonl files.")
         return files
-    raise FileNotFoundError(
-        f"No corpus at {source}: give 'builtin', a .json/.jsonl file, or a directory of them."
-    )
+    raise FileNotFoundError(f"No corpus at {source}: give 'builtin', a .json/.jsonl file, or a directory of them.")
 
 
 def _load_file(path: Path, fmt: CorpusFormat) -> list[InstructionExample]:
@@ -133,7 +134,9 @@ def _detect_format(first: dict[str, Any], name: str) -> str:
     if "prompt" in first and "response" in first:
         return "prompt-response"
     raise DataFormatError(
-        name, 0, None,
+        name,
+        0,
+        None,
         f"unrecognised corpus format (keys {sorted(first)}); expected LLM-Adapters/Alpaca "
         "(instruction, input, output, answer), HotpotQA (question, answer, context) or {prompt, response}",
     )
@@ -171,8 +174,9 @@ def _parse_alpaca(record: dict[str, Any], source: str, index: int) -> Instructio
 
 
 def _parse_prompt_response(record: dict[str, Any], source: str, index: int) -> InstructionExample:
-    return InstructionExample(_string(record, "prompt", source, index), "",
-                              _string(record, "response", source, index), None)
+    return InstructionExample(
+        _string(record, "prompt", source, index), "", _string(record, "response", source, index), None
+    )
 
 
 def _parse_hotpotqa(record: dict[str, Any], source: str, index: int) -> InstructionExample:
@@ -197,8 +201,13 @@ def _hotpot_paragraphs(context: Any, source: str, index: int) -> list[tuple[str,
         raise DataFormatError(source, index, "context", "expected a list of [title, sentences] pairs")
     paragraphs = []
     for item in context:
-        if (not isinstance(item, list | tuple) or len(item) != 2 or not isinstance(item[0], str)
-                or not isinstance(item[1], list) or not all(isinstance(s, str) for s in item[1])):
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], list)
+            or not all(isinstance(s, str) for s in item[1])
+        ):
             raise DataFormatError(source, index, "context", f"expected [title, [sentences]], got {item!r:.80}")
         paragraphs.append((item[0], list(item[1])))
     return paragraphs
@@ -211,8 +220,12 @@ def _hotpot_supporting(facts: Any, source: str, index: int) -> set[tuple[str, in
         raise DataFormatError(source, index, "supporting_facts", "expected a list of [title, sentence index]")
     wanted = set()
     for item in facts:
-        if (not isinstance(item, list | tuple) or len(item) != 2 or not isinstance(item[0], str)
-                or not isinstance(item[1], int)):
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], int)
+        ):
             raise DataFormatError(source, index, "supporting_facts", f"expected [title, int], got {item!r:.80}")
         wanted.add((item[0], item[1]))
     return wanted

@@ -46,7 +46,7 @@ from transformers import DynamicCache
 
 from editdecay.data import EditRequest
 from editdecay.editing.subject import essence_tokens, pad_right, prompt_tokens, target_ids
-from editdecay.models import arch_for, block, final_norm, num_blocks, pad_id_of, unembedding
+from editdecay.models import arch_for, block, causal_lm, final_norm, num_blocks, pad_id_of, unembedding
 from editdecay.models.hooks import hidden_of, record, replay_block_output, run_until
 from editdecay.models.kvcache import cache_kwargs
 from editdecay.models.padding import padded_groups
@@ -114,7 +114,7 @@ class _Prepared:
     keys/values (S, H, T, hd) in suffix mode."""
 
     hidden: torch.Tensor
-    template: object
+    template: torch.Tensor | tuple
     past: list[tuple[torch.Tensor, torch.Tensor]] | None
 
     def to(self, dtype: torch.dtype) -> _Prepared:
@@ -142,11 +142,12 @@ def compute_targets(
     total_steps = 0
     with tqdm(total=len(requests), desc="target values", unit="req", disable=not progress) as bar:
         for first in range(0, len(requests), batch_size):
-            chunk = list(requests[first: first + batch_size])
+            chunk = list(requests[first : first + batch_size])
             batch = _build_batch(tokenizer, chunk, contexts)
             chunk_mode = _choose_mode(model, batch, mode)
             z, z_init, chunk_steps, chunk_losses, chunk_nlls, n_steps = _optimise(
-                model, steps_model, batch, settings, [r.case_id for r in chunk], chunk_mode)
+                model, steps_model, batch, settings, [r.case_id for r in chunk], chunk_mode
+            )
             zs.append(z)
             inits.append(z_init)
             steps.extend(chunk_steps)
@@ -155,8 +156,9 @@ def compute_targets(
             modes.append(chunk_mode)
             total_steps += n_steps
             bar.update(len(chunk))
-    return TargetResult(torch.cat(zs), torch.cat(inits), steps, losses, nlls, time.perf_counter() - start,
-                        total_steps, modes)
+    return TargetResult(
+        torch.cat(zs), torch.cat(inits), steps, losses, nlls, time.perf_counter() - start, total_steps, modes
+    )
 
 
 def _steps_model(model: nn.Module, dtype_name: str | None) -> nn.Module:
@@ -165,15 +167,17 @@ def _steps_model(model: nn.Module, dtype_name: str | None) -> nn.Module:
     if dtype_name is None:
         return model
     if dtype_name == "auto":
-        raise ValueError("compute dtype 'auto' must be resolved first (MemitHyperParams.with_resolved_dtype, or "
-                         "editdecay.models.DtypeResolver) before the target optimisation runs.")
+        raise ValueError(
+            "compute dtype 'auto' must be resolved first (MemitHyperParams.with_resolved_dtype, or "
+            "editdecay.models.DtypeResolver) before the target optimisation runs."
+        )
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"compute dtype {dtype_name!r} is not a floating-point torch dtype.")
     if dtype == next(model.parameters()).dtype:
         return model
     low = copy.deepcopy(model).to(dtype).requires_grad_(False)
-    low.set_attn_implementation("eager")
+    causal_lm(low).set_attn_implementation("eager")
     return low
 
 
@@ -202,16 +206,27 @@ def _build_batch(tokenizer, requests: list[EditRequest], contexts: Sequence[str]
     pad = pad_id_of(tokenizer)
     input_ids, mask = pad_right(sequences, pad)
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return _Batch(input_ids, mask.sum(dim=1), as_long(owner), as_long(subject_index), torch.tensor(is_essence),
-                  as_long(tgt_seq), as_long(tgt_pos), as_long(tgt_id), len(requests), len(contexts), pad)
+    return _Batch(
+        input_ids,
+        mask.sum(dim=1),
+        as_long(owner),
+        as_long(subject_index),
+        torch.tensor(is_essence),
+        as_long(tgt_seq),
+        as_long(tgt_pos),
+        as_long(tgt_id),
+        len(requests),
+        len(contexts),
+        pad,
+    )
 
 
 def _choose_mode(model: nn.Module, batch: _Batch, mode: Mode) -> str:
     window = arch_for(model).sliding_window(model.config)
     layer_types = getattr(model.config, "layer_types", None) or []
-    sliding = window is not None and (not layer_types or "sliding_attention" in layer_types)
+    sliding = not layer_types or "sliding_attention" in layer_types
     # Past + new tokens never exceed twice the longest sequence.
-    too_long = sliding and 2 * batch.input_ids.shape[1] >= window
+    too_long = window is not None and sliding and 2 * batch.input_ids.shape[1] >= window
     if mode == "suffix" and too_long:
         raise ValueError(f"Suffix mode needs prompts shorter than half the sliding window ({window}); use 'full'.")
     if mode != "auto":
@@ -220,8 +235,7 @@ def _choose_mode(model: nn.Module, batch: _Batch, mode: Mode) -> str:
 
 
 def _optimise(
-    model: nn.Module, steps_model: nn.Module, batch: _Batch, settings: TargetSettings, case_ids: list[str],
-    mode: str
+    model: nn.Module, steps_model: nn.Module, batch: _Batch, settings: TargetSettings, case_ids: list[str], mode: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[float], list[float], int]:
     device = next(model.parameters()).device
     n = batch.n_requests
@@ -273,8 +287,9 @@ def _optimise(
     return (z_init + delta).cpu(), z_init.cpu(), steps_taken, final_loss, final_nll, runs
 
 
-def _adam_step(param: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
-               t: int, lr: float) -> None:
+def _adam_step(
+    param: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, t: int, lr: float
+) -> None:
     """torch.optim.Adam (no weight decay) on the given rows; every moving row has taken t steps."""
     m[rows] = _BETAS[0] * m[rows] + (1 - _BETAS[0]) * grad
     v[rows] = _BETAS[1] * v[rows] + (1 - _BETAS[1]) * grad * grad
@@ -293,7 +308,7 @@ def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> 
     """One no-grad pass over every sequence (in groups of equal length, so nothing is spent on padding)."""
     device = next(model.parameters()).device
     z_block = block(model, z_layer)
-    raw: dict[str, object] = {}
+    raw: dict[str, torch.Tensor | tuple] = {}
     handle = z_block.register_forward_hook(lambda _m, _a, output: raw.update(out=output))
     size, length = batch.input_ids.shape
     hidden: torch.Tensor | None = None
@@ -304,18 +319,23 @@ def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> 
                 group = torch.nonzero(batch.lengths == value).squeeze(1)
                 input_ids = batch.input_ids[group, :value].to(device)
                 if suffix:
-                    cache = DynamicCache(config=model.config)
+                    cache = DynamicCache(config=causal_lm(model).config)
                     run_until(model, final_norm(model), input_ids=input_ids, **cache_kwargs(cache), use_cache=True)
                     layers = [(k, v) for k, v, *_ in cache]
                     if past is None:
-                        past = [(k.new_zeros(size, k.shape[1], length, k.shape[3]),
-                                 v.new_zeros(size, v.shape[1], length, v.shape[3])) for k, v in layers]
+                        past = [
+                            (
+                                k.new_zeros(size, k.shape[1], length, k.shape[3]),
+                                v.new_zeros(size, v.shape[1], length, v.shape[3]),
+                            )
+                            for k, v in layers
+                        ]
                     for (k_all, v_all), (k, v) in zip(past, layers, strict=True):
                         k_all[group.to(k.device), :, :value] = k
                         v_all[group.to(v.device), :, :value] = v
                 else:
                     run_until(model, z_block, input_ids=input_ids, use_cache=False)
-                out = hidden_of(raw["out"])  # type: ignore[arg-type]
+                out = hidden_of(raw["out"])
                 if hidden is None:
                     hidden = out.new_zeros(size, length, out.shape[-1])
                 hidden[group.to(device), :value] = out
@@ -325,8 +345,15 @@ def _prepare(model: nn.Module, batch: _Batch, z_layer: int, *, suffix: bool) -> 
     return _Prepared(hidden, raw["out"], past)
 
 
-def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Tensor, delta: torch.Tensor,
-            z_layer: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _losses(
+    model: nn.Module,
+    batch: _Batch,
+    prepared: _Prepared,
+    rows: torch.Tensor,
+    delta: torch.Tensor,
+    z_layer: int,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per active request (rows): mean rewriting NLL and the essence log-distribution (len(rows), V)."""
     device = delta.device
     local = torch.full((batch.n_requests,), -1, dtype=torch.long)
@@ -347,8 +374,17 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
         group = torch.tensor(members)
         value = int(count[group].max())
         start[group] = (length[group] - value).clamp(min=0)
-        out = _run_upper(model, batch, prepared, seqs[group], start[group], value,
-                         delta[owner[group].to(device)], (subject - start)[group], z_layer)
+        out = _run_upper(
+            model,
+            batch,
+            prepared,
+            seqs[group],
+            start[group],
+            value,
+            delta[owner[group].to(device)],
+            (subject - start)[group],
+            z_layer,
+        )
         if normed is None:
             normed = out.new_zeros(seqs.numel(), width, out.shape[-1])
         cells = (group[:, None].expand(-1, value).to(device), torch.arange(value, device=device).expand(len(group), -1))
@@ -365,12 +401,16 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     # -log softmax at the target token, without materialising the whole log-softmax (memory).
     token_nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, t_id.to(device)[:, None]).squeeze(1)
     t_slot = t_slot.to(device)
-    per_seq = (torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(0, t_slot, token_nll)
-               / torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(
-                   0, t_slot, torch.ones_like(token_nll)))
+    per_seq = torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(
+        0, t_slot, token_nll
+    ) / torch.zeros(seqs.numel(), dtype=token_nll.dtype, device=device).index_add(0, t_slot, torch.ones_like(token_nll))
     rewrite = torch.nonzero(~batch.is_essence[seqs]).squeeze(1)
-    nll = torch.zeros(rows.numel(), dtype=per_seq.dtype, device=device).index_add(
-        0, owner[rewrite].to(device), per_seq[rewrite.to(device)]) / batch.n_contexts
+    nll = (
+        torch.zeros(rows.numel(), dtype=per_seq.dtype, device=device).index_add(
+            0, owner[rewrite].to(device), per_seq[rewrite.to(device)]
+        )
+        / batch.n_contexts
+    )
     # KL distribution: the essence prompt's subject position, one per request, in row order.
     essence = torch.nonzero(batch.is_essence[seqs]).squeeze(1)
     essence = essence[torch.argsort(owner[essence])]
@@ -378,8 +418,17 @@ def _losses(model: nn.Module, batch: _Batch, prepared: _Prepared, rows: torch.Te
     return nll, kl_log_p
 
 
-def _run_upper(model: nn.Module, batch: _Batch, prepared: _Prepared, seqs: torch.Tensor, start: torch.Tensor,
-               count: int, delta: torch.Tensor, delta_column: torch.Tensor, z_layer: int) -> torch.Tensor:
+def _run_upper(
+    model: nn.Module,
+    batch: _Batch,
+    prepared: _Prepared,
+    seqs: torch.Tensor,
+    start: torch.Tensor,
+    count: int,
+    delta: torch.Tensor,
+    delta_column: torch.Tensor,
+    z_layer: int,
+) -> torch.Tensor:
     """Final-normed hidden states (len(seqs), count, d) of positions start..start+count-1 of each sequence,
     computing only blocks L_z+1.. (with δ added to block L_z's output) on top of the cached pass."""
     device = delta.device
@@ -387,19 +436,28 @@ def _run_upper(model: nn.Module, batch: _Batch, prepared: _Prepared, seqs: torch
     input_ids = batch.input_ids[seqs[:, None], absolute]
     hidden = prepared.hidden[seqs[:, None].to(device), absolute.to(device)]
     add = torch.zeros(hidden.shape, dtype=delta.dtype, device=device).index_put(
-        (torch.arange(seqs.numel(), device=device), delta_column.to(device)), delta)
+        (torch.arange(seqs.numel(), device=device), delta_column.to(device)), delta
+    )
     hidden = hidden + add.to(hidden.dtype)
-    past_len = int(start.max()) if prepared.past is not None else 0
-    mask = torch.cat([torch.arange(past_len)[None] < start[:, None], torch.ones(len(seqs), count, dtype=torch.bool)],
-                     dim=1).long()
+    past = prepared.past
+    past_len = int(start.max()) if past is not None else 0
+    mask = torch.cat(
+        [torch.arange(past_len)[None] < start[:, None], torch.ones(len(seqs), count, dtype=torch.bool)], dim=1
+    ).long()
     kwargs: dict[str, object] = {"use_cache": False}
-    if past_len:
-        data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in prepared.past]
-        kwargs = {**cache_kwargs(DynamicCache(ddp_cache_data=data, config=model.config)), "use_cache": True}
+    if past is not None and past_len:
+        data = [(k[seqs.to(k.device), :, :past_len], v[seqs.to(v.device), :, :past_len]) for k, v in past]
+        kwargs = {**cache_kwargs(DynamicCache(ddp_cache_data=data, config=causal_lm(model).config)), "use_cache": True}
     norm_path = arch_for(model).final_norm_path
     with replay_block_output(model, z_layer, prepared.template, hidden), record(model, [norm_path]) as out:
-        run_until(model, final_norm(model), input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                  position_ids=absolute.to(device), **kwargs)
+        run_until(
+            model,
+            final_norm(model),
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=absolute.to(device),
+            **kwargs,
+        )
     return out[norm_path]
 
 

@@ -73,8 +73,10 @@ def _target_module(model: nn.Module, name: str, target: str, layer: int, arch: s
     try:
         linear_shape(module)
     except TypeError as err:
-        raise ValueError(f"Target {target!r} in block {layer} is {name!r}, a {type(module).__name__}: "
-                         "only linear layers can be fine-tuned by target name.") from err
+        raise ValueError(
+            f"Target {target!r} in block {layer} is {name!r}, a {type(module).__name__}: "
+            "only linear layers can be fine-tuned by target name."
+        ) from err
     return module
 
 
@@ -82,8 +84,10 @@ def _summary(spec: FinetuneSpec, per_block: dict[int, tuple[int, int]]) -> list[
     """One line per run of consecutive blocks with identical counts."""
     total_modules = sum(m for m, _ in per_block.values())
     total_params = sum(p for _, p in per_block.values())
-    lines = [f"{spec.method}: training {total_modules} modules ({','.join(spec.targets)}) in {len(per_block)} "
-             f"blocks, {total_params:,} parameters"]
+    lines = [
+        f"{spec.method}: training {total_modules} modules ({','.join(spec.targets)}) in {len(per_block)} "
+        f"blocks, {total_params:,} parameters"
+    ]
     runs: list[tuple[int, int, tuple[int, int]]] = []
     for layer, counts in per_block.items():
         if runs and runs[-1][1] == layer - 1 and runs[-1][2] == counts:

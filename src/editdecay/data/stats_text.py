@@ -1,4 +1,4 @@
-"""Text sources for second-moment statistics.
+"""Text sources for second-moment statistics (the sampling of `model-sampled` text is editing/sampled_text.py).
 
 A corpus spec is one of:
 - `model-sampled` (the offline default): text sampled from the model itself (pure sampling, fixed seed,
@@ -20,13 +20,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
-from tqdm.auto import tqdm
-
-from editdecay.models import eos_ids_of
-from editdecay.models.kvcache import cache_kwargs, output_cache
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +52,7 @@ SAMPLER_VERSION = 2  # bumped whenever the sampling procedure changes the text i
 
 @dataclass(frozen=True)
 class SampledCorpus:
-    """Sequences sampled from the model being measured (needs the model; see `sample_sequences`)."""
+    """Sequences sampled from the model being measured (needs the model: editing/sampled_text.py)."""
 
     seed: int = 0
 
@@ -76,8 +69,9 @@ def open_corpus(spec: str, *, seed: int = 0) -> Corpus:
     if spec == MODEL_SAMPLED:
         return SampledCorpus(seed=seed)
     if spec.startswith("hf:") or spec in HF_SHORTHANDS:
-        return TextCorpus(spec, spec if spec.startswith("hf:") else "hf:" + ":".join(
-            p for p in HF_SHORTHANDS[spec] if p))
+        return TextCorpus(
+            spec, spec if spec.startswith("hf:") else "hf:" + ":".join(p for p in HF_SHORTHANDS[spec] if p)
+        )
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -133,7 +127,7 @@ def _json_documents(path: Path, text: str) -> Iterator[str]:
 def _hf_documents(spec: str) -> Iterator[str]:
     name, config, split = HF_SHORTHANDS[spec] if spec in HF_SHORTHANDS else _parse_hf(spec)
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError as err:
         raise RuntimeError(
             f"Corpus {spec!r} needs the `datasets` package (pip install datasets) and network access; "
@@ -151,39 +145,3 @@ def _parse_hf(spec: str) -> tuple[str, str | None, str]:
     if not parts[0] or len(parts) > 3:
         raise ValueError(f"Bad Hugging Face corpus spec {spec!r}; expected hf:NAME[:CONFIG[:SPLIT]].")
     return parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
-
-
-def sample_sequences(
-    model: nn.Module, tokenizer, n_tokens: int, *, length: int, seed: int, batch_size: int = SAMPLING_BATCH
-) -> list[torch.Tensor]:
-    """Sample ceil(n_tokens / length) sequences of `length` tokens from the model (pure sampling at
-    temperature 1, fixed seed, start token included, end-of-sequence tokens suppressed so every sequence
-    has full length). A plain KV-cache loop: one forward per new token for the whole batch."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is None:
-        raise ValueError("model-sampled corpus: the tokenizer has neither a BOS nor an EOS token to start from.")
-    n_sequences = -(-n_tokens // length)
-    log.info("Statistics corpus: sampling %d sequences x %d tokens from the model itself (seed %d)",
-             n_sequences, length, seed)
-    device = next(model.parameters()).device
-    banned = torch.tensor(sorted(eos_ids_of(tokenizer, model)), dtype=torch.long, device=device)
-    sequences: list[torch.Tensor] = []
-    with torch.no_grad(), tqdm(total=n_sequences * length, desc="sampling corpus", unit="tok",
-                               unit_scale=True) as bar:
-        for first in range(0, n_sequences, batch_size):
-            rows = min(batch_size, n_sequences - first)
-            # Each batch has its own generator, so its text does not depend on what ran before it.
-            generator = torch.Generator(device=device).manual_seed(seed + first)
-            ids = torch.full((rows, 1), start, dtype=torch.long, device=device)
-            out = model(input_ids=ids, use_cache=True)
-            bar.update(rows)
-            for _ in range(length - 1):
-                logits = out.logits[:, -1].float()
-                logits[:, banned] = float("-inf")
-                token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-                ids = torch.cat([ids, token], dim=1)
-                out = model(input_ids=token, **cache_kwargs(output_cache(out)), use_cache=True)
-                bar.update(rows)
-            sequences.extend(ids.cpu())
-    return sequences
-

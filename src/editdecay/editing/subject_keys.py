@@ -80,8 +80,11 @@ def compute_keys(
     by_length: dict[int, list[int]] = {}
     for index, seq in enumerate(sequences):
         by_length.setdefault(len(seq), []).append(index)
-    chunks = [(length, members[first: first + SEQUENCES_PER_FORWARD]) for length, members in sorted(by_length.items())
-              for first in range(0, len(members), SEQUENCES_PER_FORWARD)]
+    chunks = [
+        (length, members[first : first + SEQUENCES_PER_FORWARD])
+        for length, members in sorted(by_length.items())
+        for first in range(0, len(members), SEQUENCES_PER_FORWARD)
+    ]
     _check_resume(resume, keep_inputs_of, [*layers, *([z_layer] if z_layer is not None else [])], len(chunks))
     kept: list[torch.Tensor] = []
     raw: dict[str, torch.Tensor | tuple] = {}
@@ -90,11 +93,13 @@ def compute_keys(
             input_ids = torch.tensor([sequences[i] for i in part], dtype=torch.long, device=device)
             with ExitStack() as stack:
                 if resume is not None:
-                    stack.enter_context(replay_block_output(model, resume.layer - 1, resume.template,
-                                                            resume.hidden[index]))
+                    stack.enter_context(
+                        replay_block_output(model, resume.layer - 1, resume.template, resume.hidden[index])
+                    )
                 if keep_inputs_of is not None:
                     handle = block(model, keep_inputs_of - 1).register_forward_hook(
-                        lambda _m, _a, output: raw.update(out=output))
+                        lambda _m, _a, output: raw.update(out=output)
+                    )
                     stack.callback(handle.remove)
                 inputs = stack.enter_context(record(model, list(key_names.values()), "input"))
                 outs = stack.enter_context(record(model, read, "output"))
@@ -116,8 +121,8 @@ def compute_keys(
         averaged[layer] = 0.5 * bare + 0.5 * per_prompt[:, 1:].mean(dim=1) if c > 1 else bare
     z_current = torch.stack(outputs).view(n, c, -1)[:, 0] if block_name else None  # type: ignore[arg-type]
     bare_values = {layer: torch.stack(v).view(n, c, -1)[:, 0] for layer, v in values.items()}  # type: ignore[arg-type]
-    inputs = BlockInputs(keep_inputs_of, raw["out"], kept) if keep_inputs_of is not None else None
-    return KeysAndOutputs(averaged, z_current, bare_values, inputs)
+    block_inputs = BlockInputs(keep_inputs_of, raw["out"], kept) if keep_inputs_of is not None else None
+    return KeysAndOutputs(averaged, z_current, bare_values, block_inputs)
 
 
 def _check_resume(resume: BlockInputs | None, keep_inputs_of: int | None, read_at: list[int], chunks: int) -> None:

@@ -13,14 +13,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from editdecay.data.corpus import InstructionExample
-from editdecay.finetuning.collate import examples_fingerprint, pad_token_id, split_validation, tokenize_example
+from editdecay.data.instruction_corpus import InstructionExample
+from editdecay.finetuning.collate import examples_fingerprint, split_validation, tokenize_example
 from editdecay.finetuning.loop import Checkpoint, corpus_loss, train
 from editdecay.finetuning.methods import FINETUNE_METHODS
 from editdecay.finetuning.result import MANIFEST, RESULT_FORMAT, FinetuneResult
 from editdecay.finetuning.spec import FinetuneSpec
-from editdecay.finetuning.targets import resolve_layers, resolve_trainable_modules
-from editdecay.models import DtypeResolver, model_fingerprint
+from editdecay.finetuning.trainable_modules import resolve_layers, resolve_trainable_modules
+from editdecay.models import DtypeResolver, causal_lm, model_fingerprint, pad_id_of
 from editdecay.storage import atomic_directory, atomic_write_json
 
 
@@ -58,8 +58,12 @@ def finetune(
     if not examples:
         raise ValueError("finetune needs at least one example.")
     weights_fp = model_fingerprint(model)
-    run_key = {"spec_id": spec.spec_id(), "examples": examples_fingerprint(examples), "model_fingerprint": weights_fp,
-               "edited_layers": sorted(set(edited_layers)) if edited_layers else None}
+    run_key = {
+        "spec_id": spec.spec_id(),
+        "examples": examples_fingerprint(examples),
+        "model_fingerprint": weights_fp,
+        "edited_layers": sorted(set(edited_layers)) if edited_layers else None,
+    }
     done = _existing_result(out_dir, run_key)
     if done is not None:
         if progress:
@@ -71,11 +75,15 @@ def finetune(
     tokenized = [tokenize_example(tokenizer, ex, spec.cutoff_len, spec.train_on_inputs) for ex in train_examples]
     no_targets = sum(ex.n_targets == 0 for ex in tokenized)
     if no_targets == len(tokenized):
-        raise ValueError(f"No example keeps a token to train on within cutoff_len={spec.cutoff_len} (without "
-                         "train_on_inputs only response tokens count); raise cutoff_len.")
+        raise ValueError(
+            f"No example keeps a token to train on within cutoff_len={spec.cutoff_len} (without "
+            "train_on_inputs only response tokens count); raise cutoff_len."
+        )
     if no_targets and progress:
-        tqdm.write(f"Warning: {no_targets} of {len(tokenized)} examples keep no response token within "
-                   f"cutoff_len={spec.cutoff_len} and teach nothing.")
+        tqdm.write(
+            f"Warning: {no_targets} of {len(tokenized)} examples keep no response token within "
+            f"cutoff_len={spec.cutoff_len} and teach nothing."
+        )
 
     method = FINETUNE_METHODS[spec.method]
     work = copy.deepcopy(model).float()
@@ -85,12 +93,22 @@ def finetune(
     expected = sum(method.trainable_count(model.get_submodule(name), spec) for name in modules)
     actual = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if actual != expected:
-        raise RuntimeError(f"{spec.method} made {actual:,} parameters trainable, expected {expected:,} for modules "
-                           f"{modules}: the method matched other modules too.")
+        raise RuntimeError(
+            f"{spec.method} made {actual:,} parameters trainable, expected {expected:,} for modules "
+            f"{modules}: the method matched other modules too."
+        )
 
     checkpoint = Checkpoint(checkpoint_dir(out_dir), run_key)
-    state = train(trained, tokenized, spec, pad_id=pad_token_id(tokenizer), checkpoint=checkpoint,
-                  checkpoint_every_s=checkpoint_every_s, progress=progress, desc=f"finetune {spec.method}")
+    state = train(
+        trained,
+        tokenized,
+        spec,
+        pad_id=pad_id_of(tokenizer),
+        checkpoint=checkpoint,
+        checkpoint_every_s=checkpoint_every_s,
+        progress=progress,
+        desc=f"finetune {spec.method}",
+    )
     val_loss = corpus_loss(trained, tokenizer, val_examples, spec) if val_examples else None
 
     manifest: dict[str, Any] = {
@@ -132,7 +150,7 @@ def _use_fast_training_attention(work: nn.Module, spec: FinetuneSpec) -> None:
     """Eager attention on CPU: a SmolLM2 LoRA step at ~100 tokens took 1.2x less time than with SDPA, whose
     CPU backward is slow. Its memory grows with the square of the length, so only up to 512 tokens."""
     if next(work.parameters()).device.type == "cpu" and spec.cutoff_len <= 512:
-        work.set_attn_implementation("eager")
+        causal_lm(work).set_attn_implementation("eager")
 
 
 def _existing_result(out_dir: Path, run_key: dict[str, Any]) -> FinetuneResult | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from editdecay.models import causal_lm
+
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -28,27 +30,27 @@ def sample_context_templates(
             inputs = tokenizer(word, return_tensors="pt").to(device)
             new_tokens = max(1, length - int(inputs["input_ids"].shape[1]))
             try:
-                output = model.generate(
-                    **inputs, do_sample=True, top_k=5, top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
+                output = causal_lm(model).generate(
+                    **inputs,
+                    do_sample=True,
+                    top_k=5,
+                    top_p=1.0,
+                    temperature=1.0,
+                    max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
-                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                    pad_token_id=tokenizer.pad_token_id
+                    if tokenizer.pad_token_id is not None
                     else tokenizer.eos_token_id,
                 )
             except RuntimeError as err:
                 if "probability tensor" not in str(err):
                     raise
-                raise ValueError("The model produces NaN/inf logits (while sampling context templates); check "
-                                 "its weights and dtype (use float32).") from err
+                raise ValueError(
+                    "The model produces NaN/inf logits (while sampling context templates); check "
+                    "its weights and dtype (use float32)."
+                ) from err
             text = tokenizer.decode(output[0], skip_special_tokens=True)
             # Braces would be read as format fields; newlines would split the context from the prompt.
             text = text.replace("{", " ").replace("}", " ").replace("\n", " ").strip()
             templates.append(text + ". {}")
     return templates
-
-
-def check_templates(templates: list[str]) -> None:
-    if not templates or templates[0] != "{}":
-        raise ValueError("Context templates must start with the bare '{}' template.")
-    for template in templates:
-        if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
-            raise ValueError(f"Context template {template!r} must contain exactly one '{{}}' and no other braces.")
