@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from editdecay.evaluation.edit_metrics import PER_EDIT_METRICS
+
 GROUPS = ("M", "Med", "Mft", "Med_ft")
 TRANSITIONS = (("M", "Med"), ("M", "Mft"), ("Med", "Med_ft"), ("Mft", "Med_ft"))
 OUTCOMES = ("stable", "erased", "emergent", "impossible")
@@ -66,20 +68,7 @@ def flip_counts(before: pd.Series, after: pd.Series) -> dict[str, Any]:
 
 def _group_means(table: pd.DataFrame) -> dict[str, Any]:
     means: dict[str, Any] = {"n": len(table)}
-    for name in (
-        "es",
-        "ps",
-        "ns",
-        "es_magnitude",
-        "ps_magnitude",
-        "ns_magnitude",
-        "es_accuracy",
-        "ps_accuracy",
-        "ns_accuracy",
-        "success",
-        "knows_true",
-        "ns_agreement",
-    ):
+    for name in (*PER_EDIT_METRICS, "ns_agreement"):
         if name in table.columns:
             means[name] = _pct(table[name])
     return means
