@@ -111,6 +111,8 @@ class DtypeResolver:
         """The concrete dtype for `requested` (`auto`, `bfloat16` or `float32`); `purpose` names it in logs."""
         if requested not in SPEED_DTYPES:
             raise ValueError(f"dtype {requested!r} for {purpose}: choose one of {', '.join(SPEED_DTYPES)}.")
+        if requested == "float32":
+            return requested  # nothing to measure: float32 is never the slow path
         result = self.probe(device, d_in, d_out)
         said = (result.reason, purpose, requested)
         first = said not in self._said
