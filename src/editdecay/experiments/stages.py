@@ -74,7 +74,7 @@ def _finetune(run: RunContext, name: str, key: str, model: nn.Module, fingerprin
 def build_groups(run: RunContext, patch: WeightPatch, keys: dict[str, str]) -> None:
     """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med (each a separate model object)."""
     base = run.base
-    med = deep_copy_model(base.model)
+    med = copy.deepcopy(base.model)
     patch.apply(med, fingerprint=base.fingerprint)  # med is a copy of the base: its fingerprint is known
     run.models["Med"] = med
     ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers)
@@ -224,7 +224,3 @@ def environment_info() -> dict[str, Any]:
         "peft": peft.__version__,
         "python": platform.python_version(),
     }
-
-
-def deep_copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
