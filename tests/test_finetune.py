@@ -214,6 +214,10 @@ def test_batches_plan_and_schedule() -> None:
     assert len(plan_steps(tokenized, dataclasses.replace(spec, max_steps=8))) == 8
     warm = _spec(lr=1.0, warmup_steps=2)
     assert [learning_rate(s, 6, warm) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    constant = _spec(lr=1.0, warmup_steps=2, lr_schedule="constant")
+    assert [learning_rate(s, 6, constant) for s in range(6)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _spec(lr_schedule="cosine")
 
 
 def test_validation_split_is_seeded_and_disjoint() -> None:

@@ -143,3 +143,20 @@ def test_killed_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
     assert len(resumed.executed) == len(ALL_STAGES) - len(finished)
     assert len(_finished_artifacts(store)) == len(ALL_STAGES)
     assert (resumed.run_dir / "DONE").is_file()
+
+
+def test_a_run_with_a_decay_curve_starts_at_med_and_ends_at_med_ft(tmp_path: Path) -> None:
+    raw = write_tiny_experiment(tmp_path)
+    raw["finetune"] |= {"max_examples": 12, "max_steps": 3, "fact_statements": "true", "fact_fraction": 0.5}
+    raw["evaluation"] |= {"curve_every": 2, "activations": False}
+    result = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "store", tmp_path / "runs")
+    curve = pd.read_parquet(result.run_dir / "curve.parquet")
+    assert sorted(curve["step"].unique()) == [0, 2, 3]
+    per_edit = pd.read_parquet(result.run_dir / "edits_per_edit.parquet")
+    for group, step in (("Med", 0), ("Med_ft", 3)):
+        expected = per_edit[per_edit["group"] == group].set_index("case_id")["success"]
+        got = curve[(curve["step"] == step) & (curve["set"] == "edits")].set_index("case_id")["success"]
+        pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
+    summary = pd.read_parquet(result.run_dir / "decay_curve.parquet")
+    assert set(summary["run_id"]) == {result.run_id}
+    assert summary.loc[summary["step"] == 0, "flip_ratio"].eq(0).all()

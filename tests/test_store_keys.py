@@ -182,3 +182,16 @@ def test_store_done_marker_and_lock(tmp_path: Path) -> None:
     assert lock_path(store.path("patches", "k")) == tmp_path / "patches" / ".k.lock"
     # The lock serialises: each worker leaves before the other enters.
     assert order[2].endswith("out") and order[1].endswith("computed")
+
+
+def test_the_curve_changes_only_med_ft_and_fact_statements_change_both_fine_tunings(
+    model_dir: Path, edits_file: Path
+) -> None:
+    base = keys(config(model_dir, edits_file))
+    curve = keys(config(model_dir, edits_file, evaluation={"control": False, "curve_every": 2}))
+    assert changed_keys(base, curve) == {"ft_edited", "eval_Med_ft", "activations"}
+    facts = keys(config(model_dir, edits_file, finetune={"fact_statements": "true"}))
+    assert {"ft_base", "ft_edited"} <= changed_keys(base, facts)
+    assert "patch" not in changed_keys(base, facts)
+    other_fraction = keys(config(model_dir, edits_file, finetune={"fact_statements": "true", "fact_fraction": 0.5}))
+    assert {"ft_base", "ft_edited"} <= changed_keys(facts, other_fraction)

@@ -162,6 +162,10 @@ _CORPUS_FIELDS: dict[str, Any] = {
     "corpus": (str, "builtin"),  # builtin, a JSON/JSONL file or a directory of them
     "max_examples": (int | None, Field(256, ge=1)),  # a seeded random subset of the corpus
     "corpus_seed": (int, 0),
+    # the reinforcement check: statements of the edited facts (`new`) or of the facts they replaced (`true`)
+    # mixed into the corpus as `fact_fraction` of the examples (None: the corpus alone)
+    "fact_statements": (Literal["new", "true"] | None, None),
+    "fact_fraction": (float, Field(0.25, gt=0, lt=1)),
 }
 if set(_SPEC_FIELDS) & set(_CORPUS_FIELDS):
     raise TypeError(f"FinetuneSpec fields {set(_SPEC_FIELDS) & set(_CORPUS_FIELDS)} clash with the corpus fields")
@@ -251,6 +255,8 @@ class EvaluationConfig(_Strict):
     activations: bool = True
     activation_prompts: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
+    # decay curve: score the edits and control facts every `curve_every` steps of Med's fine-tuning (None: off)
+    curve_every: int | None = Field(None, ge=1)
 
     @field_validator("tasks")
     @classmethod
@@ -276,12 +282,26 @@ class ExperimentConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class GridCell(_Strict):
+    """One part of a grid designed per question: values `set` on the base, and its own lists (`grid`)."""
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
 class GridConfig(_Strict):
-    """A base experiment plus lists of values for dotted keys, expanded as a Cartesian product."""
+    """A base experiment plus lists of values for dotted keys, expanded as a Cartesian product.
+
+    A key joined with `+` (`edits.seed+finetune.seed: [0, 1, 2]`) sets every key it names to the same value: a
+    tied axis, not a product. With `cells`, the grid is the union of one product per cell (the cell's `set`
+    values on the base, the top-level lists and the cell's own lists), so each question gets only the
+    configurations it needs; configurations that several cells produce run once.
+    """
 
     name: str = "grid"
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    cells: dict[str, GridCell] = Field(default_factory=dict)
 
     @field_validator("grid")
     @classmethod
@@ -292,16 +312,28 @@ class GridConfig(_Strict):
         return grid
 
     def expand(self) -> list[ExperimentConfig]:
-        keys = list(self.grid)
-        configs = []
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            raw = copy.deepcopy(self.base)
-            for key, value in zip(keys, values, strict=True):
-                set_dotted(raw, key, value)
-            label = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, values, strict=True))
-            raw["name"] = f"{self.name}[{label}]" if label else self.name
-            configs.append(validate_experiment(raw, origin=f"grid {self.name!r} ({label})"))
-        return configs
+        cells = self.cells or {"": GridCell()}
+        configs: dict[str, ExperimentConfig] = {}
+        for cell_name, cell in cells.items():
+            for key, values in cell.grid.items():
+                if not values:
+                    raise ConfigError(f"cells.{cell_name}.grid.{key} has an empty list of values")
+            grid = {**self.grid, **cell.grid}
+            keys = list(grid)
+            for combination in itertools.product(*(grid[k] for k in keys)):
+                raw = copy.deepcopy(self.base)
+                for key, value in cell.set.items():
+                    set_dotted(raw, key, value)
+                for key, value in zip(keys, combination, strict=True):
+                    for part in key.split("+"):
+                        set_dotted(raw, part.strip(), value)
+                label = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, combination, strict=True))
+                prefix = f"{self.name}/{cell_name}" if cell_name else self.name
+                raw["name"] = f"{prefix}[{label}]" if label else prefix
+                where = f"grid {self.name!r}" + (f" cell {cell_name!r}" if cell_name else "") + f" ({label})"
+                config = validate_experiment(raw, origin=where)
+                configs.setdefault(config.config_hash(), config)
+        return list(configs.values())
 
 
 def _short(value: Any) -> str:

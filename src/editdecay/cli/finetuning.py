@@ -53,6 +53,9 @@ def finetune_command(
     grad_accum: int = typer.Option(SPEC_DEFAULTS["grad_accum"], "--grad-accum", help="Micro-batches per step."),
     warmup_steps: int = typer.Option(SPEC_DEFAULTS["warmup_steps"], "--warmup-steps"),
     warmup_ratio: float = typer.Option(SPEC_DEFAULTS["warmup_ratio"], "--warmup-ratio"),
+    lr_schedule: str = typer.Option(
+        SPEC_DEFAULTS["lr_schedule"], "--lr-schedule", help="After warmup: linear (decay to 0) or constant."
+    ),
     weight_decay: float = typer.Option(SPEC_DEFAULTS["weight_decay"], "--weight-decay"),
     max_grad_norm: float = typer.Option(
         SPEC_DEFAULTS["max_grad_norm"], "--max-grad-norm", help="Clip the gradient norm to this (0: no clipping)."
@@ -102,6 +105,7 @@ def finetune_command(
             grad_accum=grad_accum,
             warmup_steps=warmup_steps,
             warmup_ratio=warmup_ratio,
+            lr_schedule=lr_schedule,  # type: ignore[arg-type]  # checked by FinetuneSpec
             weight_decay=weight_decay,
             max_grad_norm=max_grad_norm or None,
             seed=seed,

@@ -88,6 +88,24 @@ def report_command(
     typer.echo(f"wrote {len(written)} files to {out}")
 
 
+@app.command("findings")
+def findings_command(
+    runs_dir: Path = typer.Argument(..., help="Directory holding run directories (any grid's)."),
+    out: Path = typer.Option(Path("findings"), "--out", help="Where findings.md and its tables go."),
+    store: Path = typer.Option(None, "--store", help="The runs' artifact store: adds the null-space check."),
+) -> None:
+    """The study's claims C1-C10 on these runs: effect, 95% CI, paired test, the study's figure, verdict."""
+    from editdecay.reporting import ReportError
+    from editdecay.reporting.findings import write_findings
+
+    try:
+        written = write_findings(runs_dir, out, store)
+    except ReportError as err:
+        raise _fail(err) from None
+    typer.echo((out / "findings.md").read_text())
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Store, runs and report go here."),

@@ -24,6 +24,7 @@ from editdecay.models import DtypeResolver, ModelShape, ModelSpec
 # group_activations; experiments/stages.py).
 EVAL_FORMAT = "eval/2"
 ACTIVATIONS_FORMAT = "activations/2"
+CURVE_FORMAT = "curve/1"
 
 
 @dataclass(frozen=True)
@@ -91,20 +92,35 @@ def stage_keys(resolved: ResolvedExperiment) -> dict[str, str]:
         "corpus_seed": config.finetune.corpus_seed,
         "edit_layers": layers,
     }
+    if config.finetune.fact_statements is not None:  # the statements come from the edit requests
+        ft["facts"] = {
+            "side": config.finetune.fact_statements,
+            "fraction": config.finetune.fact_fraction,
+            "edits": edits_key,
+        }
+    control_key = data_source_key("builtin-control") if config.evaluation.control else None
     keys = {
         "model": model_key,
         "edits": edits_key,
         "patch": patch_key,
         "ft_base": stable_hash("ft", RESULT_FORMAT, model_key, ft),
-        "ft_edited": stable_hash("ft", RESULT_FORMAT, patch_key, ft),
+        "ft_edited": stable_hash("ft", RESULT_FORMAT, patch_key, ft, curve_identity(config, control_key)),
     }
-    evaluation = config.evaluation.model_dump(mode="json")
-    control_key = data_source_key("builtin-control") if config.evaluation.control else None
+    evaluation = config.evaluation.model_dump(mode="json", exclude={"curve_every"})
     group_identity = {"M": keys["model"], "Med": keys["patch"], "Mft": keys["ft_base"], "Med_ft": keys["ft_edited"]}
     for group, identity in group_identity.items():
         keys[f"eval_{group}"] = stable_hash("eval", EVAL_FORMAT, identity, edits_key, control_key, evaluation)
     keys["activations"] = stable_hash("act", ACTIVATIONS_FORMAT, *group_identity.values(), edits_key, evaluation)
     return keys
+
+
+def curve_identity(config: ExperimentConfig, control_key: str | None) -> dict[str, Any] | None:
+    """What the decay curve of Med's fine-tuning measures (None without one): part of that run's identity."""
+    evaluation = config.evaluation
+    if evaluation.curve_every is None:
+        return None
+    control = {"source": control_key, "n": evaluation.control_n} if control_key else None
+    return {"format": CURVE_FORMAT, "every": evaluation.curve_every, "control": control, "batch": evaluation.batch_size}
 
 
 def patch_chain_key(config: ExperimentConfig) -> str:

@@ -60,11 +60,19 @@ def run_experiment(
     keys = stage_keys(run.resolved)
 
     patch = stages.edit_stage(run, requests, keys["patch"])
-    stages.build_groups(run, patch, keys)
+    curve = stages.build_groups(run, patch, keys, requests, control)
     scores = {group: stages.evaluate_stage(run, group, requests, control, keys[f"eval_{group}"]) for group in GROUPS}
     activations = stages.activation_stage(run, requests, keys["activations"], patch.layers)
 
     stages.write_run_dir(
-        run, run_dir, requests, scores, activations, patch, keys, wall_seconds=round(time.perf_counter() - start, 2)
+        run,
+        run_dir,
+        requests,
+        scores,
+        activations,
+        patch,
+        keys,
+        wall_seconds=round(time.perf_counter() - start, 2),
+        curve=curve,
     )
     return RunResult(run_dir, config, run.executed)

@@ -14,6 +14,7 @@ from torch import nn
 
 from editdecay import __version__
 from editdecay.data import EditRequest, load_corpus
+from editdecay.data.fact_statements import fact_statements, mix_statements
 from editdecay.editing import EditContext, StatsStore, TargetStore, WeightPatch, build_editor
 from editdecay.evaluation import (
     GROUPS,
@@ -24,9 +25,10 @@ from editdecay.evaluation import (
     task_available,
     write_summary,
 )
+from editdecay.evaluation.curve import curve_summary, edit_curve_measure
 from editdecay.evaluation.groups import task_items
 from editdecay.experiments.context import RunContext
-from editdecay.finetuning import FinetuneResult, finetune, load_finetuned
+from editdecay.finetuning import CurveProbe, FinetuneResult, finetune, load_finetuned
 from editdecay.storage import atomic_write_json, atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,23 @@ def edit_stage(run: RunContext, requests: list[EditRequest], key: str) -> Weight
     return WeightPatch.load(path / "patch")
 
 
-def _finetune(run: RunContext, name: str, key: str, model: nn.Module, fingerprint: str, edit_layers: list[int]) -> Path:
+def _finetune(
+    run: RunContext,
+    name: str,
+    key: str,
+    model: nn.Module,
+    fingerprint: str,
+    edit_layers: list[int],
+    requests: list[EditRequest],
+    probe: CurveProbe | None = None,
+) -> Path:
     ft, base, resolved = run.config.finetune, run.base, run.resolved
 
     def compute(path: Path) -> None:
         examples = load_corpus(ft.corpus, max_examples=ft.max_examples, seed=ft.corpus_seed)
+        if ft.fact_statements is not None:
+            statements = fact_statements(requests, ft.fact_statements)
+            examples = mix_statements(examples, statements, ft.fact_fraction, ft.corpus_seed)
         finetune(
             model,
             base.tokenizer,
@@ -66,22 +80,38 @@ def _finetune(run: RunContext, name: str, key: str, model: nn.Module, fingerprin
             edited_layers=edit_layers,
             base_fingerprint=fingerprint,
             dtypes=run.dtypes,
+            probe=probe,
+            probe_key=key if probe else None,  # the stage key holds the curve's identity (resolve.curve_identity)
         )
 
     return run.stage(name, "finetunes", key, compute) / "result"
 
 
-def build_groups(run: RunContext, patch: WeightPatch, keys: dict[str, str]) -> None:
-    """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med (each a separate model object)."""
-    base = run.base
+def build_groups(
+    run: RunContext,
+    patch: WeightPatch,
+    keys: dict[str, str],
+    requests: list[EditRequest],
+    control: list[EditRequest],
+) -> pd.DataFrame | None:
+    """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med (each a separate model object). Returns Med's
+    decay curve (the edits and control facts scored during its fine-tuning) when `evaluation.curve_every` is set."""
+    base, evaluation = run.base, run.config.evaluation
     med = copy.deepcopy(base.model)
     patch.apply(med, fingerprint=base.fingerprint)  # med is a copy of the base: its fingerprint is known
     run.models["Med"] = med
-    ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers)
-    ft_edited = _finetune(run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers)
+    probe = None
+    if evaluation.curve_every is not None:
+        measure = edit_curve_measure(base.tokenizer, requests, control, batch_size=evaluation.batch_size)
+        probe = CurveProbe(evaluation.curve_every, measure)
+    ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers, requests)
+    ft_edited = _finetune(
+        run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe
+    )
     run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
     run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
     evaluation_dtype(run.models)  # fails now, before any evaluation, if the groups' precisions differ
+    return FinetuneResult.load(ft_edited).curve if probe else None
 
 
 def _task_names(run: RunContext) -> tuple[list[str], Path | None]:
@@ -151,6 +181,7 @@ def write_run_dir(
     patch: WeightPatch,
     keys: dict[str, str],
     wall_seconds: float,
+    curve: pd.DataFrame | None = None,
 ) -> None:
     """`summarize_groups` of the run's groups, written like `editdecay evaluate` writes it (plus a run_id
     column), with config.json, run.parquet and the run's record in summary.json; DONE last."""
@@ -161,6 +192,9 @@ def write_run_dir(
     result = summarize_groups(scores, requests)
     if activations is not None:
         result.tables["activations"] = activations
+    if curve is not None:
+        result.tables["curve"] = curve
+        result.tables["decay_curve"] = curve_summary(curve)
     record: dict[str, Any] = {
         "run_id": run_id,
         "name": config.name,
@@ -209,6 +243,9 @@ def _run_row(run: RunContext, patch: WeightPatch) -> dict[str, Any]:
         "editor": config.editor.name,
         "ft_method": config.finetune.method,
         "ft_layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
+        "ft_facts": config.finetune.fact_statements,
+        "edit_seed": config.edits.seed,
+        "ft_seed": config.finetune.seed,
         "edit_layers": ",".join(map(str, patch.layers)),
     }
 

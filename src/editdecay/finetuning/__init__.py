@@ -2,7 +2,7 @@
 
 from editdecay.finetuning.collate import TokenizedExample, split_validation, tokenize_example
 from editdecay.finetuning.finetune_run import checkpoint_dir, finetune
-from editdecay.finetuning.loop import corpus_loss
+from editdecay.finetuning.loop import CurveProbe, corpus_loss
 from editdecay.finetuning.methods import FINETUNE_METHODS, FinetuneMethod, register_method
 from editdecay.finetuning.result import FinetuneResult, load_finetuned
 from editdecay.finetuning.spec import DEFAULT_TARGETS, LAYER_POLICIES, FinetuneSpec
@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "FINETUNE_METHODS",
     "LAYER_POLICIES",
+    "CurveProbe",
     "FinetuneMethod",
     "FinetuneResult",
     "FinetuneSpec",

@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from editdecay.data.instruction_corpus import InstructionExample
 from editdecay.finetuning.collate import examples_fingerprint, split_validation, tokenize_example
-from editdecay.finetuning.loop import Checkpoint, corpus_loss, train
+from editdecay.finetuning.loop import Checkpoint, CurveProbe, corpus_loss, train
 from editdecay.finetuning.methods import FINETUNE_METHODS
-from editdecay.finetuning.result import MANIFEST, RESULT_FORMAT, FinetuneResult
+from editdecay.finetuning.result import CURVE, MANIFEST, RESULT_FORMAT, FinetuneResult
 from editdecay.finetuning.spec import FinetuneSpec
 from editdecay.finetuning.trainable_modules import resolve_layers, resolve_trainable_modules
 from editdecay.models import DtypeResolver, causal_lm, model_fingerprint, pad_id_of
@@ -42,6 +43,8 @@ def finetune(
     corpus_id: str | None = None,
     checkpoint_every_s: float = 300.0,
     dtypes: DtypeResolver | None = None,
+    probe: CurveProbe | None = None,
+    probe_key: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune a deep copy of `model` (the caller's weights are never touched) and save the result.
 
@@ -51,6 +54,8 @@ def finetune(
     (same spec, examples and base weights), it is returned without training. `base_fingerprint` is the
     identity recorded for the base (e.g. model plus WeightPatch); it defaults to the weights' fingerprint.
     `compute_dtype: auto` is resolved first (with `dtypes`, or a fresh probe): the manifest records the result.
+    With `probe`, its measurements during training are saved as `curve.parquet` (`FinetuneResult.curve`);
+    `probe_key` names what it measures (part of the run's identity, so a result without that curve is not reused).
     """
     out_dir = Path(out_dir)
     dtypes = dtypes or DtypeResolver()
@@ -58,12 +63,16 @@ def finetune(
     if not examples:
         raise ValueError("finetune needs at least one example.")
     weights_fp = model_fingerprint(model)
-    run_key = {
+    run_key: dict[str, Any] = {
         "spec_id": spec.spec_id(),
         "examples": examples_fingerprint(examples),
         "model_fingerprint": weights_fp,
         "edited_layers": sorted(set(edited_layers)) if edited_layers else None,
     }
+    if probe is not None:
+        if probe_key is None:
+            raise ValueError("finetune with a probe needs probe_key: what the probe measures, for the run's identity.")
+        run_key["curve"] = {"probe": probe_key, "every": probe.every}
     done = _existing_result(out_dir, run_key)
     if done is not None:
         if progress:
@@ -108,6 +117,7 @@ def finetune(
         checkpoint_every_s=checkpoint_every_s,
         progress=progress,
         desc=f"finetune {spec.method}",
+        probe=probe,
     )
     val_loss = corpus_loss(trained, tokenizer, val_examples, spec) if val_examples else None
 
@@ -134,6 +144,7 @@ def finetune(
         "train_losses": state.losses,
         "val_loss": val_loss,
         "train_seconds": state.elapsed_s,
+        "curve_every": probe.every if probe else None,
         "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
         "dtype_probes": [probe.to_dict() for probe in dtypes.results.values()],
         "versions": {pkg: _version(pkg) for pkg in ("editdecay", "torch", "transformers", "peft")},
@@ -141,6 +152,8 @@ def finetune(
     }
     with atomic_directory(out_dir) as staging:
         method.save(trained, model, staging)
+        if probe is not None:
+            pd.DataFrame.from_records(state.curve).to_parquet(staging / CURVE, index=False)
         atomic_write_json(staging / MANIFEST, manifest)
     checkpoint.clear()
     return FinetuneResult.load(out_dir)

@@ -6,7 +6,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +43,33 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     elapsed_s: float = 0.0
+    curve: list[dict[str, Any]] = field(default_factory=list)  # CurveProbe rows, each with its `step`
+
+
+@dataclass(frozen=True)
+class CurveProbe:
+    """Measurements taken during training: `measure(model)` at step 0 (before the first update), every `every`
+    optimizer steps and after the last one, in eval mode without gradients. Its rows (JSON-able dicts) are kept
+    in the resumable state, so a resumed run's curve is complete. `measure` must not draw random numbers."""
+
+    every: int
+    measure: Callable[[nn.Module], list[dict[str, Any]]]
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"CurveProbe.every must be >= 1 step, got {self.every}")
+
+    def due(self, step: int, total: int) -> bool:
+        return step == 0 or step == total or step % self.every == 0
+
+    def take(self, model: nn.Module, step: int) -> list[dict[str, Any]]:
+        model.eval()
+        try:
+            with torch.no_grad():
+                rows = self.measure(model)
+        finally:
+            model.train()
+        return [{"step": step, **row} for row in rows]
 
 
 def plan_steps(tokenized: Sequence[TokenizedExample], spec: FinetuneSpec) -> list[list[list[int]]]:
@@ -61,11 +88,14 @@ def plan_steps(tokenized: Sequence[TokenizedExample], spec: FinetuneSpec) -> lis
 
 
 def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
-    """Linear warmup to spec.lr over max(warmup_steps, ceil(warmup_ratio * total)) steps, then linear decay."""
+    """Linear warmup to spec.lr over max(warmup_steps, ceil(warmup_ratio * total)) steps, then a linear decay to
+    zero (`lr_schedule: linear`) or spec.lr to the end (`constant`)."""
     assert spec.lr is not None
     warmup = max(spec.warmup_steps, math.ceil(spec.warmup_ratio * total))
     if step < warmup:
         return spec.lr * (step + 1) / warmup
+    if spec.lr_schedule == "constant":
+        return spec.lr
     return spec.lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
@@ -161,6 +191,7 @@ def train(
     checkpoint_every_s: float = 300.0,
     progress: bool = True,
     desc: str = "finetune",
+    probe: CurveProbe | None = None,
 ) -> TrainState:
     """Train the parameters of `trained` that require grad; deterministic given spec.seed.
 
@@ -177,6 +208,9 @@ def train(
     bar = tqdm(total=len(steps), initial=state.step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     started, last_save = time.monotonic() - state.elapsed_s, time.monotonic()
     try:
+        if probe and state.step == 0 and not state.curve:
+            state.curve += probe.take(trained, 0)
+            started = time.monotonic()  # the curve's measurements are not training time
         for step in range(state.step, len(steps)):
             group = steps[step]
             n_targets = max(1, sum(tokenized[i].n_targets for batch in group for i in batch))
@@ -197,6 +231,10 @@ def train(
             state.step, state.tokens = step + 1, state.tokens + step_tokens
             state.losses.append(step_loss)
             state.elapsed_s = time.monotonic() - started
+            if probe and probe.due(state.step, len(steps)):
+                measured = time.monotonic()
+                state.curve += probe.take(trained, state.step)
+                started += time.monotonic() - measured
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{state.tokens / max(state.elapsed_s, 1e-9):.0f}")
             if checkpoint and state.step < len(steps) and time.monotonic() - last_save >= checkpoint_every_s:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from torch import nn
 
 from editdecay.finetuning.methods import FINETUNE_METHODS
@@ -14,12 +15,14 @@ from editdecay.finetuning.spec import FinetuneSpec
 from editdecay.models import model_fingerprint
 
 MANIFEST = "manifest.json"
+CURVE = "curve.parquet"
 RESULT_FORMAT = "editdecay-finetune/1"
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """A completed run: `path` holds `manifest.json` plus a PEFT adapter (`adapter/`) or `delta.safetensors`."""
+    """A completed run: `path` holds `manifest.json` plus a PEFT adapter (`adapter/`) or `delta.safetensors`, and
+    `curve.parquet` when the run was probed during training."""
 
     path: Path
     method: str
@@ -30,6 +33,12 @@ class FinetuneResult:
     @property
     def spec(self) -> FinetuneSpec:
         return FinetuneSpec.from_dict(self.manifest["spec"])
+
+    @property
+    def curve(self) -> pd.DataFrame | None:
+        """The rows a `CurveProbe` measured during training (a `step` column plus the probe's), or None."""
+        file = self.path / CURVE
+        return pd.read_parquet(file) if file.is_file() else None
 
     @classmethod
     def load(cls, path: str | Path) -> FinetuneResult:

@@ -17,6 +17,7 @@ LayerPolicy = Literal["all", "edited", "non_edited"]
 LAYER_POLICIES: tuple[str, ...] = ("all", "edited", "non_edited")
 COMPUTE_DTYPES: tuple[str, ...] = SPEED_DTYPES
 DEFAULT_TARGETS: tuple[str, ...] = ("q", "k", "v", "up", "down")
+LR_SCHEDULES: tuple[str, ...] = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class FinetuneSpec:
     `batch_size` is the micro-batch; one optimizer step sees `batch_size * grad_accum` examples and
     averages the loss over all their target tokens. `lr=None` takes the method's default (LoRA/DoRA
     2e-4, full 2e-5). The warmup is max(warmup_steps, ceil(warmup_ratio * total steps)), then a linear
-    decay. `compute_dtype` is the autocast dtype (`auto`: bfloat16 where a probe measures it faster, see
-    editdecay.models.precision); weights and optimizer state are always float32.
+    decay (`lr_schedule: linear`) or a constant rate (`constant`). `compute_dtype` is the autocast dtype
+    (`auto`: bfloat16 where a probe measures it faster, see editdecay.models.precision); weights and optimizer
+    state are always float32.
     """
 
     method: str = "lora"
@@ -45,6 +47,7 @@ class FinetuneSpec:
     grad_accum: int = 1
     warmup_steps: int = 0
     warmup_ratio: float = 0.05
+    lr_schedule: Literal["linear", "constant"] = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
@@ -77,6 +80,7 @@ class FinetuneSpec:
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or None"),
             (self.cutoff_len >= 8, "cutoff_len must be >= 8 tokens"),

@@ -1,4 +1,5 @@
-"""The study's figures from stored results: ES before/after fine-tuning (Fig. 2), activation shift (Fig. 3)."""
+"""The study's figures from stored results: ES before/after fine-tuning (Fig. 2), activation shift (Fig. 3), and
+ours: decay curves (edits and control facts retained during fine-tuning)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from editdecay.reporting.results import has_view
+from editdecay.reporting.results import finetune_label, has_view
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -24,8 +25,8 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
 
 def plot_decay(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:
     """Bars of ES for Med (after editing) and Med_ft (after fine-tuning), per fine-tuning method and editor."""
-    data = con.execute("""
-        SELECT r.editor, r.ft_method || ' / ' || r.ft_layers AS ft, m."group", avg(m.es) AS es
+    data = con.execute(f"""
+        SELECT r.editor, {finetune_label(con, sep=" / ")} AS ft, m."group", avg(m.es) AS es
         FROM metrics m JOIN run r USING (run_id)
         WHERE m."set" = 'edits' AND m."group" IN ('Med', 'Med_ft') GROUP BY ALL ORDER BY ALL""").df()
     if data.empty:
@@ -78,3 +79,29 @@ def plot_activation_shift(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list
         fig.suptitle(f"Activation shift ({editor}; edited layers shaded)")
         written += _save(fig, out_dir, f"fig3_activation_shift_{editor}")
     return written
+
+
+def plot_decay_curves(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:
+    """Share of edits still successful (solid) and of control facts still known (dotted) against the fine-tuning
+    step, one colour per (editor, method / layers), averaged over the runs (seeds) that share them."""
+    if not has_view(con, "decay_curve"):
+        return []
+    data = con.execute(f"""
+        SELECT r.editor || ', ' || {finetune_label(con, sep=" / ")} AS line, c."set", c.step,
+               avg(c.retained) AS retained, count(*) AS runs
+        FROM decay_curve c JOIN run r USING (run_id) GROUP BY ALL ORDER BY ALL""").df()
+    if data.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (line, rows) in enumerate(data.groupby("line", sort=True)):
+        colour = colours[i % len(colours)]
+        for set_name, style in (("edits", "-"), ("control", ":")):
+            subset = rows[rows["set"] == set_name]
+            if not subset.empty:
+                label = f"{line} (edits)" if set_name == "edits" else None
+                ax.plot(subset["step"], subset["retained"], style, color=colour, marker=".", label=label)
+    ax.set(xlabel="fine-tuning step", ylabel="% retained", ylim=(0, 105))
+    ax.set_title("Decay curves: edits (solid) vs control facts still known (dotted)")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "fig4_decay_curves")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from editdecay.reporting.figures import plot_activation_shift, plot_decay
-from editdecay.reporting.results import connect
+from editdecay.reporting.figures import plot_activation_shift, plot_decay, plot_decay_curves
+from editdecay.reporting.results import connect, finetune_label
 from editdecay.reporting.tables import TABLES
 from editdecay.storage import atomic_write_text
 
@@ -35,6 +35,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
         sections.append(f"## {name}\n\n{(make.__doc__ or '').strip()}\n\n{table.to_markdown(index=False)}\n")
     written += plot_decay(con, out)
     written += plot_activation_shift(con, out)
+    written += plot_decay_curves(con, out)
     sections += [f"![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png"]
     atomic_write_text(out / "README.md", "\n".join(sections))
     return [*written, out / "README.md"]
@@ -51,8 +52,9 @@ def demo_table(runs_dir: str | Path) -> str:
     - side effects: the share of unedited control facts each group still knows, and downstream accuracy.
     """
     con = connect(runs_dir)
-    metrics = con.execute("""
-        SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune, m."set", m."group",
+    label = finetune_label(con)
+    metrics = con.execute(f"""
+        SELECT r.editor, {label} AS finetune, m."set", m."group",
                m.es, m.ps, m.ns, m.es_magnitude, m.knows_true, m.downstream_avg
         FROM metrics m JOIN run r USING (run_id)""").df()
     keys = ["editor", "finetune"]
@@ -63,8 +65,8 @@ def demo_table(runs_dir: str | Path) -> str:
         keys,
         {"ES": ("es", GROUP_ORDER), "PS": ("ps", edited), "NS": ("ns", edited), "margin": ("es_magnitude", edited)},
     )
-    decay = con.execute("""
-        SELECT r.editor, r.ft_method || '/' || r.ft_layers AS finetune,
+    decay = con.execute(f"""
+        SELECT r.editor, {label} AS finetune,
                d.delta_es_pp AS "ΔES", 100 * d.efr AS "EFR%", d.flips || '/' || d.successes_after_edit AS flips
         FROM decay d JOIN run r USING (run_id)""").df()
     edits = edits.merge(decay, how="left", on=keys)

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 # Each view reads one parquet file name from every complete run directory.
-VIEWS = ("run", "metrics", "decay", "outcomes", "activations")
+VIEWS = ("run", "metrics", "decay", "outcomes", "activations", "decay_curve")
 
 
 class ReportError(ValueError):
@@ -31,3 +31,13 @@ def connect(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
 def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     row = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
     return row is not None and bool(row[0])  # count(*) always returns a row
+
+
+def finetune_label(con: duckdb.DuckDBPyConnection, alias: str = "r", sep: str = "/") -> str:
+    """SQL for a run's fine-tuning label: `method/layers`, plus ` + <facts> facts` when fact statements were mixed
+    into the corpus (runs written before that column existed have none)."""
+    label = f"{alias}.ft_method || '{sep}' || {alias}.ft_layers"
+    columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE run)").fetchall()}
+    if "ft_facts" in columns:
+        label += f" || coalesce(' + ' || {alias}.ft_facts || ' facts', '')"
+    return label

@@ -1,0 +1,93 @@
+"""The null-space check of a finished run (docs/algorithms.md §16): rebuilt from its artifacts in the store.
+
+For every edited layer: the edit's update (the WeightPatch), the fine-tuning's update (Med_ft merged minus Med),
+the edit keys (each subject's key at that layer on the bare prompt, computed on M; the editor also averaged over
+context templates, so these are the keys up to that averaging) and AlphaEdit's null-space projector of the same
+second-moment statistic the editors used (cached in the store), whichever editor made the patch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from editdecay.config import validate_experiment
+from editdecay.data import load_edit_requests
+from editdecay.editing import StatsStore, WeightPatch
+from editdecay.editing.hparams import AlphaEditHyperParams
+from editdecay.editing.solve import nullspace_projector
+from editdecay.editing.subject_keys import compute_keys
+from editdecay.evaluation.geometry import update_geometry
+from editdecay.experiments.resolve import model_spec
+from editdecay.experiments.store import ArtifactStore
+from editdecay.finetuning import FinetuneResult, load_finetuned
+from editdecay.models import arch_for, load_model
+
+
+def run_geometry(run_dir: str | Path, store: ArtifactStore) -> pd.DataFrame:
+    """One row per edited layer of the run: `update_geometry` plus the run's editor, method and layer policy."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = validate_experiment(summary["config"], origin=str(run_dir / "summary.json"))
+    artifacts, hparams = summary["artifacts"], summary["resolved"]["editor_hparams"]
+    patch_dir = store.path("patches", artifacts["patch"]) / "patch"
+    result_dir = store.path("finetunes", artifacts["ft_edited"]) / "result"
+    for needed in (patch_dir, result_dir):
+        if not needed.is_dir():
+            raise FileNotFoundError(f"{run_dir.name}: {needed} is not in the store; pass the store the run used.")
+    base = load_model(model_spec(config))
+    requests = load_edit_requests(
+        config.edits.dataset, config.edits.n, seed=config.edits.seed, zsre_target=config.edits.zsre_target
+    )
+    patch = WeightPatch.load(patch_dir)
+    med = copy.deepcopy(base.model)
+    patch.apply(med, fingerprint=base.fingerprint)
+    med_ft = load_finetuned(med, FinetuneResult.load(result_dir), merge=True)
+    layers = patch.layers
+    moments = StatsStore(store.stats_root).get(
+        base.model,
+        base.tokenizer,
+        layers,
+        corpus=hparams["mom2_dataset"],
+        n_tokens=hparams["mom2_n_tokens"],
+        dtype=hparams["mom2_dtype"],
+        fingerprint=base.fingerprint,
+        max_length=hparams["mom2_max_length"],
+    )
+    defaults = AlphaEditHyperParams()
+    threshold = hparams.get("nullspace_threshold", defaults.nullspace_threshold)
+    energy = hparams.get("nullspace_energy", defaults.nullspace_energy)
+    with torch.no_grad():
+        keys = compute_keys(base.model, base.tokenizer, requests, ["{}"], layers).keys
+    arch = arch_for(base.model)
+    rows = []
+    for layer in layers:
+        name = arch.mlp_out_weight_name(layer)
+        edit = patch.deltas[name].double()
+        ft = med_ft.get_parameter(name).detach().double() - med.get_parameter(name).detach().double()
+        K = keys[layer].double().T  # (m, n)
+        if edit.shape[1] != K.shape[0]:  # GPT-2's Conv1D stores (in, out)
+            edit, ft = edit.T, ft.T
+        projector = nullspace_projector(moments[layer], threshold=threshold, energy=energy, layer=layer)
+        rows.append(
+            {
+                "run_id": summary["run_id"],
+                "editor": config.editor.name,
+                "ft_method": config.finetune.method,
+                "ft_layers": str(config.finetune.layers),
+                "layer": layer,
+                "null_dims": projector.kept,
+                **update_geometry(edit, ft, K, projector.P),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def geometry_table(runs_dir: str | Path, store: ArtifactStore) -> pd.DataFrame:
+    """`run_geometry` of every complete run under `runs_dir` whose artifacts the store holds."""
+    frames = [run_geometry(done.parent, store) for done in sorted(Path(runs_dir).glob("*/DONE"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
