@@ -76,6 +76,7 @@ def run_geometry(run_dir: str | Path, store: ArtifactStore) -> pd.DataFrame:
         rows.append(
             {
                 "run_id": summary["run_id"],
+                "model": config.model.source,
                 "editor": config.editor.name,
                 "ft_method": config.finetune.method,
                 "ft_layers": str(config.finetune.layers),

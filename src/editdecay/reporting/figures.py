@@ -83,11 +83,11 @@ def plot_activation_shift(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list
 
 def plot_decay_curves(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:
     """Share of edits still successful (solid) and of control facts still known (dotted) against the fine-tuning
-    step, one colour per (editor, method / layers), averaged over the runs (seeds) that share them."""
+    step, one colour per (model, editor, method / layers), averaged over the runs (seeds) that share them."""
     if not has_view(con, "decay_curve"):
         return []
     data = con.execute(f"""
-        SELECT r.editor || ', ' || {finetune_label(con, sep=" / ")} AS line, c."set", c.step,
+        SELECT r.model || ', ' || r.editor || ', ' || {finetune_label(con, sep=" / ")} AS line, c."set", c.step,
                avg(c.retained) AS retained, count(*) AS runs
         FROM decay_curve c JOIN run r USING (run_id) GROUP BY ALL ORDER BY ALL""").df()
     if data.empty:

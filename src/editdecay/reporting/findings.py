@@ -617,7 +617,7 @@ def _flat_results(results: Sequence[ClaimResult]) -> list[ClaimResult]:
 def geometry_summary(layers: pd.DataFrame) -> pd.DataFrame:
     """The null-space check per editor and fine-tuning method: means over runs and edited layers."""
     columns = ["ft_null_share", "edit_null_share", "key_ratio", "cosine", "ft_norm", "edit_norm"]
-    return layers.groupby(["editor", "ft_method", "ft_layers"], as_index=False)[columns].mean()
+    return layers.groupby(["model", "editor", "ft_method", "ft_layers"], as_index=False)[columns].mean()
 
 
 def write_findings(runs_dir: str | Path, out_dir: str | Path, store: str | Path | None = None) -> list[Path]:
