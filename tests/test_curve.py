@@ -12,7 +12,7 @@ import torch
 from editdecay.data import InstructionExample, load_edit_requests
 from editdecay.evaluation import edit_metrics, score_edits
 from editdecay.evaluation.curve import curve_summary, edit_curve_measure
-from editdecay.finetuning import CurveProbe, FinetuneSpec, checkpoint_dir, finetune, load_finetuned
+from editdecay.finetuning import CurveProbe, FinetuneResult, FinetuneSpec, checkpoint_dir, finetune, load_finetuned
 from editdecay.finetuning import loop as loop_module
 from tiny import tiny_model, tiny_tokenizer
 
@@ -92,9 +92,21 @@ def test_an_interrupted_run_keeps_its_curve(tmp_path: Path, monkeypatch: pytest.
     model, tokenizer = tiny_model("llama"), tiny_tokenizer(add_bos=True)
     requests, control = _requests()
     probe = CurveProbe(1, edit_curve_measure(tokenizer, requests, control))
-    reference = finetune(
-        model, tokenizer, EXAMPLES, _spec(), out_dir=tmp_path / "ref", progress=False, probe=probe, probe_key="test"
-    )
+
+    def probed(name: str, **options) -> FinetuneResult:
+        return finetune(
+            model,
+            tokenizer,
+            EXAMPLES,
+            _spec(),
+            out_dir=tmp_path / name,
+            progress=False,
+            probe=probe,
+            probe_key="test",
+            **options,
+        )
+
+    reference = probed("ref")
     real = loop_module.learning_rate
 
     def interrupt_at_step_3(step: int, total: int, spec: FinetuneSpec) -> float:
@@ -104,31 +116,11 @@ def test_an_interrupted_run_keeps_its_curve(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(loop_module, "learning_rate", interrupt_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        finetune(
-            model,
-            tokenizer,
-            EXAMPLES,
-            _spec(),
-            out_dir=tmp_path / "run",
-            progress=False,
-            probe=probe,
-            probe_key="test",
-            checkpoint_every_s=0.0,
-        )
+        probed("run", checkpoint_every_s=0.0)
     saved = json.loads((checkpoint_dir(tmp_path / "run") / "state.json").read_text())
     assert sorted({row["step"] for row in saved["state"]["curve"]}) == [0, 1, 2, 3]
     monkeypatch.setattr(loop_module, "learning_rate", real)
-    resumed = finetune(
-        model,
-        tokenizer,
-        EXAMPLES,
-        _spec(),
-        out_dir=tmp_path / "run",
-        progress=False,
-        probe=probe,
-        probe_key="test",
-        checkpoint_every_s=0.0,
-    )
+    resumed = probed("run", checkpoint_every_s=0.0)
     assert resumed.curve is not None and reference.curve is not None
     pd.testing.assert_frame_equal(resumed.curve, reference.curve)
 

@@ -97,6 +97,11 @@ class Run:
         before, after = wide["Med"].astype(bool), wide["Med_ft"].astype(bool)
         return pd.DataFrame({"before": before, "after": after, "d": before.astype(int) - after.astype(int)})
 
+    def flipped(self) -> pd.Series:
+        """For each edit successful in Med: whether it fails in Med_ft (their mean is the EFR)."""
+        units = self.decay_units()
+        return ~units.loc[units["before"], "after"]
+
 
 @dataclass
 class ClaimResult:
@@ -292,9 +297,7 @@ def claim_c5(runs: Sequence[Run]) -> ClaimResult:
     if edited_runs:
         clusters: dict[tuple[Any, ...], list[float]] = {}
         for run in edited_runs:
-            units = run.decay_units()
-            kept = units[units["before"]]
-            clusters.setdefault(run.replicate, []).extend((~kept["after"]).astype(float).tolist())
+            clusters.setdefault(run.replicate, []).extend(run.flipped().astype(float).tolist())
         flips = sum(int(sum(c)) for c in clusters.values())
         total = sum(len(c) for c in clusters.values())
         if total:
@@ -469,16 +472,15 @@ def check_localisation(runs: Sequence[Run]) -> pd.DataFrame:
     """EFR and ΔES per number of edited layers: the runs that differ only in the editor's layers (and seeds)."""
     rows = []
     for run in _varied_context(runs, FACTORS["edit_layers"]):
-        units = run.decay_units()
-        kept = units[units["before"]]
+        flipped = run.flipped()
         rows.append(
             {
                 "edit_layers": len(run.edit_layers),
                 "layers": ",".join(map(str, run.edit_layers)),
                 "ft_layers": run.value(("finetune", "layers")),
-                "efr": float((~kept["after"]).mean()) if len(kept) else np.nan,
-                "flips": int((~kept["after"]).sum()),
-                "delta_es_pp": 100 * float(units["d"].mean()),
+                "efr": float(flipped.mean()) if len(flipped) else np.nan,
+                "flips": int(flipped.sum()),
+                "delta_es_pp": 100 * float(run.decay_units()["d"].mean()),
                 "margin_drop_pp": _margin_drop(run),
             }
         )
@@ -552,8 +554,7 @@ def check_reinforcement(runs: Sequence[Run]) -> pd.DataFrame:
     only in it: ES of Med_ft, EFR, the share of edits whose Med_ft answer went back to the original, margin drop."""
     rows = []
     for run in _varied_context(runs, FACTORS["corpus"]):
-        units = run.decay_units()
-        kept = units[units["before"]]
+        units, flipped = run.decay_units(), run.flipped()
         reverted = None
         if run.outcomes is not None and "erased_to" in run.outcomes.columns:
             reverted = float((run.outcomes["erased_to"] == "original").mean())
@@ -562,7 +563,7 @@ def check_reinforcement(runs: Sequence[Run]) -> pd.DataFrame:
                 "fact_statements": run.value(("finetune", "fact_statements")) or "none (corpus only)",
                 "ft_layers": run.value(("finetune", "layers")),
                 "es_med_ft": 100 * float(units["after"].mean()),
-                "efr": float((~kept["after"]).mean()) if len(kept) else np.nan,
+                "efr": float(flipped.mean()) if len(flipped) else np.nan,
                 "back_to_original": reverted,
                 "margin_drop_pp": _margin_drop(run),
             }
