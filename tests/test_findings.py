@@ -155,6 +155,8 @@ def test_the_report_round_trips_through_run_directories(tmp_path: Path) -> None:
         (directory / "DONE").write_text("ok\n")
     loaded = load_runs(tmp_path / "runs")
     assert [r.run_id for r in loaded] == [r.run_id for r in runs]
+    written = write_findings(tmp_path / "runs", tmp_path / "direct")
+    assert sorted(p.name for p in written) == ["claims.csv", "findings.md"]
     result = CliRunner().invoke(app, ["findings", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     claims = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim")
@@ -170,6 +172,6 @@ def test_an_empty_runs_directory_is_a_clear_error(tmp_path: Path) -> None:
     assert "No complete runs" in result.output
 
 
-def test_write_findings_returns_its_files(tmp_path: Path) -> None:
+def test_write_findings_refuses_a_directory_without_runs(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="No complete runs"):
         write_findings(tmp_path, tmp_path / "out")
