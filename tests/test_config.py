@@ -150,7 +150,15 @@ def test_finetune_section_is_finetune_spec_with_its_defaults() -> None:
         assert field.name in fields, field.name
         default = fields[field.name].default
         assert default == (list(field.default) if isinstance(field.default, tuple) else field.default), field.name
-    corpus_fields = {"corpus", "max_examples", "corpus_seed", "fact_statements", "fact_fraction"}
+    corpus_fields = {
+        "corpus",
+        "max_examples",
+        "corpus_seed",
+        "fact_statements",
+        "fact_fraction",
+        "strategy",
+        "replay_fraction",
+    }
     assert set(fields) == {f.name for f in dataclasses.fields(FinetuneSpec)} | corpus_fields
     config = load_experiment(PRESETS / "experiment.yaml")
     spec = config.finetune.spec()

@@ -21,9 +21,10 @@ ALLOWED = {
     "editing": {"data", "models"},
     "finetuning": {"data", "models"},
     "evaluation": {"data", "models"},
-    "experiments": {"data", "models", "editing", "finetuning", "evaluation"},
+    "durability": {"data", "models", "editing", "finetuning", "evaluation"},
+    "experiments": {"data", "models", "editing", "finetuning", "evaluation", "durability"},
     "reporting": {"evaluation", "experiments"},
-    "cli": {"data", "models", "editing", "finetuning", "evaluation", "experiments", "reporting"},
+    "cli": {"data", "models", "editing", "finetuning", "evaluation", "durability", "experiments", "reporting"},
 }
 SHARED = {"editdecay", "editdecay.config", "editdecay.storage", "editdecay.locking"}  # leaf helpers anyone uses
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from editdecay.data.tasks import task_spec
+from editdecay.durability.strategies import STRATEGIES
 from editdecay.editing.hparams import PRESETS
 from editdecay.editing.registry import EDITORS
 from editdecay.finetuning.spec import FinetuneSpec, spec_fields
@@ -166,6 +167,9 @@ _CORPUS_FIELDS: dict[str, Any] = {
     # mixed into the corpus as `fact_fraction` of the examples (None: the corpus alone)
     "fact_statements": (Literal["new", "true"] | None, None),
     "fact_fraction": (float, Field(0.25, gt=0, lt=1)),
+    # how the edited model is fine-tuned (editdecay.durability.STRATEGIES: none, replay, protect, corda, reedit)
+    "strategy": (str, "none"),
+    "replay_fraction": (float, Field(0.25, gt=0, lt=1)),  # replay: share of the examples that are edit requests
 }
 if set(_SPEC_FIELDS) & set(_CORPUS_FIELDS):
     raise TypeError(f"FinetuneSpec fields {set(_SPEC_FIELDS) & set(_CORPUS_FIELDS)} clash with the corpus fields")
@@ -209,6 +213,9 @@ class _FinetuneSection(_Strict):
             self.spec()
         except (ValueError, TypeError):
             raise _KeyProblems(_spec_problems(self.spec_values())) from None
+        strategy = getattr(self, "strategy", "none")
+        if strategy not in STRATEGIES:
+            raise _KeyProblems([("strategy", f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")])
         return self
 
     def spec_values(self) -> dict[str, Any]:

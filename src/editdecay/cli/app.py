@@ -1,8 +1,15 @@
 """The Typer application every command module registers on."""
 
+from __future__ import annotations
+
 import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from editdecay.editing import WeightPatch
 
 app = typer.Typer(
     name="editdecay",
@@ -30,3 +37,15 @@ def parse_blocks(text: str, usage: str = "block indices like 4,5,6 or 4-8") -> l
     if not blocks:
         raise typer.BadParameter(f"{text!r}: use {usage}", param_hint="--layers")
     return blocks
+
+
+def load_patch_option(path: Path | None, param_hint: str = "--patch") -> WeightPatch | None:
+    """The WeightPatch saved at `path` (None without one); a missing or damaged patch is a usage error (exit 2)."""
+    if path is None:
+        return None
+    from editdecay.editing import WeightPatch
+
+    try:
+        return WeightPatch.load(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint=param_hint) from err

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from editdecay.cli.app import app
+from editdecay.cli.app import app, load_patch_option
 
 if TYPE_CHECKING:
     from editdecay.data import EditRequest
@@ -108,14 +108,8 @@ def evaluate_command(
             load_task(task, data_dir, limit=limit)  # fail on a missing or malformed task before loading models
     except (DataFormatError, FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--tasks/--data-dir") from err
-    loaded_patch = None
-    if patch is not None:
-        from editdecay.editing import WeightPatch
-
-        try:
-            loaded_patch = WeightPatch.load(patch)
-        except (FileNotFoundError, ValueError) as err:
-            raise typer.BadParameter(str(err), param_hint="--patch") from err
+    loaded_patch = load_patch_option(patch)
+    if loaded_patch is not None:
         _check_patch_requests(loaded_patch, requests, allow_other_requests)
     try:
         models, tokenizer, origin = _model_groups(model, loaded_patch, adapter, base_adapter, load_model)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from editdecay.cli.app import app, parse_blocks
+from editdecay.durability import STRATEGIES
 from editdecay.finetuning.methods import FINETUNE_METHODS
 from editdecay.finetuning.spec import COMPUTE_DTYPES, LAYER_POLICIES, spec_fields
 
@@ -84,6 +85,15 @@ def finetune_command(
         SPEC_DEFAULTS["val_fraction"], "--val-fraction", help="Hold out this fraction for a validation loss."
     ),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between checkpoints."),
+    strategy: str = typer.Option(
+        "none",
+        "--strategy",
+        help=f"Edit-preserving strategy ({', '.join(STRATEGIES)}); all but none need --patch. reedit is a "
+        "pipeline strategy: `editdecay run` with finetune.strategy=reedit.",
+    ),
+    replay_fraction: float = typer.Option(
+        0.25, "--replay-fraction", help="replay: share of the examples replaced by the edit requests."
+    ),
 ) -> None:
     """Fine-tune a model (optionally with a WeightPatch applied) and save an adapter or weight delta."""
     from editdecay.data import DataFormatError, corpus_id, load_corpus
@@ -118,6 +128,16 @@ def finetune_command(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(f"{strategy!r}: choose one of {', '.join(STRATEGIES)}", param_hint="--strategy")
+    if STRATEGIES[strategy].reedits:
+        raise typer.BadParameter(
+            "reedit edits the fine-tuned model: fine-tune without --patch, then `editdecay edit` the result, or "
+            "run the pipeline with finetune.strategy=reedit",
+            param_hint="--strategy",
+        )
+    if strategy != "none" and patch is None:
+        raise typer.BadParameter(f"--strategy {strategy} acts on the edits: give --patch", param_hint="--strategy")
     if patch is None and spec.layers in ("edited", "non_edited"):
         raise typer.BadParameter(
             f"--layers {spec.layers} needs --patch (the patch defines the edited blocks).", param_hint="--layers"
@@ -131,7 +151,7 @@ def finetune_command(
     except ModelLoadError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from err
 
-    edited_layers, base_fingerprint = None, loaded.fingerprint
+    edited_layers, base_fingerprint, hooks = None, loaded.fingerprint, None
     if patch is not None:
         from editdecay.editing import WeightPatch
 
@@ -143,6 +163,19 @@ def finetune_command(
         edited_layers = list(weight_patch.layers)
         base_fingerprint = weight_patch.patched_fingerprint
         typer.echo(f"Applied patch {weight_patch.patch_id} (edited blocks {edited_layers}).")
+        if strategy != "none":
+            if not weight_patch.requests:
+                raise typer.BadParameter(
+                    f"--strategy {strategy} needs the edit requests saved with the patch (patch format 3); re-run "
+                    "`editdecay edit`",
+                    param_hint="--patch",
+                )
+            try:
+                examples = STRATEGIES[strategy].corpus(examples, weight_patch.requests, replay_fraction, corpus_seed)
+                hooks = STRATEGIES[strategy].hooks(weight_patch, weight_patch.requests, loaded.tokenizer)
+            except ValueError as err:
+                raise typer.BadParameter(str(err), param_hint="--strategy") from err
+            typer.echo(f"Strategy {strategy}: {STRATEGIES[strategy].summary}.")
     typer.echo(f"{len(examples)} examples from {corpus}; {spec.method} on {model}, spec {spec.spec_id()}.")
     try:
         result = finetune(
@@ -155,6 +188,7 @@ def finetune_command(
             base_fingerprint=base_fingerprint,
             corpus_id=corpus_id(corpus, max_examples, corpus_seed, corpus_format),  # type: ignore[arg-type]
             checkpoint_every_s=checkpoint_every,
+            hooks=hooks,
         )
     except (ValueError, FileExistsError) as err:
         raise typer.BadParameter(str(err)) from err

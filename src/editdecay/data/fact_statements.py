@@ -32,13 +32,17 @@ def fact_statements(requests: Sequence[EditRequest], side: FactSide) -> list[Ins
         target = request.target_new if side == "new" else request.target_true
         if target is None:
             continue
-        for prompt in request.paraphrase_prompts:
-            examples.append(InstructionExample(_INSTRUCTION.format(prompt), "", target.strip(), target.strip()))
+        examples += [statement(prompt, target) for prompt in request.paraphrase_prompts]
     if not examples:
         raise ValueError(
             f"None of the {len(requests)} edit requests has a paraphrase prompt and a {side!r} target to state."
         )
     return examples
+
+
+def statement(prompt: str, target: str) -> InstructionExample:
+    """A fact as an instruction example: complete `prompt`, answered with `target`."""
+    return InstructionExample(_INSTRUCTION.format(prompt), "", target.strip(), target.strip())
 
 
 def mix_statements(

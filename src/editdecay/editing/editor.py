@@ -199,6 +199,7 @@ class LocateEditor(ABC, Generic[HP]):
             layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device) for layer, p in params.items()
         }
         restore = not in_place
+        mapped_keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in hp.layers}
         try:
             size = hp.batch_size or len(requests)
             for first in range(0, len(requests), size):
@@ -215,6 +216,7 @@ class LocateEditor(ABC, Generic[HP]):
                     originals,
                     totals,
                     arch.mlp_out_transposed,
+                    mapped_keys,
                 )
         except BaseException:
             restore = True
@@ -226,7 +228,10 @@ class LocateEditor(ABC, Generic[HP]):
                         param.copy_(originals[layer])
         run.time("total", time.perf_counter() - started)
         patch = WeightPatch(
-            {names[layer]: totals[layer] for layer in hp.layers}, self._manifest(run, requests, names, totals, seed)
+            {names[layer]: totals[layer] for layer in hp.layers},
+            self._manifest(run, requests, names, totals, seed),
+            keys={layer: torch.cat(found) for layer, found in mapped_keys.items()},
+            requests=requests,
         )
         return patch, state
 
@@ -243,6 +248,7 @@ class LocateEditor(ABC, Generic[HP]):
         originals: dict[int, torch.Tensor],
         totals: dict[int, torch.Tensor],
         transposed: bool,
+        mapped_keys: dict[int, list[torch.Tensor]],
     ) -> Any:
         z_layer = hp.layers[-1]
         settings = hp.target_settings()
@@ -293,6 +299,7 @@ class LocateEditor(ABC, Generic[HP]):
             if norm is not None:  # the output projection's output is normed before the residual add
                 residual = preimage_change(norm, current.values[layer], residual)
             keys = current.keys[layer].T
+            mapped_keys[layer].append(current.keys[layer].detach().float().cpu())
             delta = self._layer_delta(layer, residual.to(device), keys.to(device), hp, prepared, state)
             oriented = delta.T if transposed else delta
             with torch.no_grad():

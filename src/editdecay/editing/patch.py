@@ -3,6 +3,11 @@
 Applying sets W <- (W.float() + delta).to(W.dtype) for each patched parameter, which is exactly what the
 editors do to the weights while editing, so `patch.apply(base)` reproduces the edited model bit for bit.
 `apply` keeps the original tensors of the model it patched, so `revert` restores them bit-identically.
+
+A patch also carries what the edit was made of, when the editor provides it: the requests it edited
+(`requests.jsonl`) and, for locate-then-edit editors, the keys it mapped at each edited layer (`keys.safetensors`,
+layer -> (n, m): the MLP output projection's input that the closed-form solve used). `editdecay verify` reads the
+requests; the `protect` strategy (docs/algorithms.md §13) reads the keys, so nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from editdecay.data import EditRequest
 from editdecay.models import combine_fingerprints, model_fingerprint
 from editdecay.storage import atomic_directory
 
 DELTAS_FILE = "deltas.safetensors"
+KEYS_FILE = "keys.safetensors"
+REQUESTS_FILE = "requests.jsonl"
 # Part of the store key of every patch: bump when the editors change what a patch holds for the same inputs.
-PATCH_FORMAT = "patch/2"
+PATCH_FORMAT = "patch/3"
 MANIFEST_FILE = "manifest.json"
 _LAYER_RE = re.compile(r"\.(\d+)\.")
 
@@ -34,13 +42,22 @@ class PatchMismatchError(ValueError):
 class WeightPatch:
     """Parameter deltas of one edit run and the manifest describing how they were made."""
 
-    def __init__(self, deltas: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        deltas: dict[str, torch.Tensor],
+        manifest: dict[str, Any],
+        *,
+        keys: dict[int, torch.Tensor] | None = None,
+        requests: list[EditRequest] | None = None,
+    ) -> None:
         if not deltas:
             raise ValueError("A WeightPatch needs at least one delta.")
         self.deltas = {
             name: delta.detach().to("cpu", delta_dtype(delta.dtype)).contiguous() for name, delta in deltas.items()
         }
         self.manifest = dict(manifest)
+        self.keys = {int(layer): k.detach().to("cpu", torch.float32).contiguous() for layer, k in (keys or {}).items()}
+        self.requests = list(requests) if requests is not None else None
         self._originals: dict[int, dict[str, torch.Tensor]] = {}
 
     @property
@@ -128,6 +145,11 @@ class WeightPatch:
         manifest = {**self.manifest, "patch_id": self.patch_id}
         with atomic_directory(directory) as staging:
             save_file(self.deltas, str(staging / DELTAS_FILE), metadata={"patch_id": self.patch_id})
+            if self.keys:
+                save_file({str(layer): k for layer, k in self.keys.items()}, str(staging / KEYS_FILE))
+            if self.requests is not None:
+                lines = (json.dumps(r.to_dict(), sort_keys=True, default=str) for r in self.requests)
+                (staging / REQUESTS_FILE).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
             (staging / MANIFEST_FILE).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
             )
@@ -140,7 +162,14 @@ class WeightPatch:
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} is not a saved WeightPatch (missing {name}).")
         manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-        patch = cls(load_file(str(directory / DELTAS_FILE)), manifest)
+        keys = None
+        if (directory / KEYS_FILE).is_file():
+            keys = {int(layer): k for layer, k in load_file(str(directory / KEYS_FILE)).items()}
+        requests = None
+        if (directory / REQUESTS_FILE).is_file():
+            lines = (directory / REQUESTS_FILE).read_text(encoding="utf-8").splitlines()
+            requests = [EditRequest.from_dict(json.loads(line)) for line in lines if line.strip()]
+        patch = cls(load_file(str(directory / DELTAS_FILE)), manifest, keys=keys, requests=requests)
         stored = manifest.get("patch_id")
         if stored is not None and stored != patch.patch_id:
             raise ValueError(f"{directory}: the deltas do not match the manifest's patch_id (corrupted or edited).")

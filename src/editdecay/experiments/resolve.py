@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from editdecay.config import ExperimentConfig
+from editdecay.durability import STRATEGIES
 from editdecay.editing import build_editor
 from editdecay.editing.patch import PATCH_FORMAT
 from editdecay.experiments.artifact_keys import data_source_key, model_source_key, stable_hash
@@ -104,8 +105,21 @@ def stage_keys(resolved: ResolvedExperiment) -> dict[str, str]:
         "edits": edits_key,
         "patch": patch_key,
         "ft_base": stable_hash("ft", RESULT_FORMAT, model_key, ft),
-        "ft_edited": stable_hash("ft", RESULT_FORMAT, patch_key, ft, curve_identity(config, control_key)),
     }
+    strategy = config.finetune.strategy
+    if STRATEGIES[strategy].reedits:  # Med_ft is a patch of Mft made by the same editor
+        keys["ft_edited"] = stable_hash("reedit", PATCH_FORMAT, keys["ft_base"], edits_key, editor)
+    else:
+        # A strategy's identity joins the key only when there is one, so plain runs keep their keys.
+        used: list[dict[str, Any]] = []
+        if strategy != "none":
+            used.append({"name": strategy, "edits": edits_key})
+            if STRATEGIES[strategy].version:
+                used[0]["format"] = STRATEGIES[strategy].version
+            if strategy == "replay":
+                used[0]["fraction"] = config.finetune.replay_fraction
+        curve = curve_identity(config, control_key)
+        keys["ft_edited"] = stable_hash("ft", RESULT_FORMAT, patch_key, ft, curve, *used)
     evaluation = config.evaluation.model_dump(mode="json", exclude={"curve_every"})
     group_identity = {"M": keys["model"], "Med": keys["patch"], "Mft": keys["ft_base"], "Med_ft": keys["ft_edited"]}
     for group, identity in group_identity.items():

@@ -15,6 +15,7 @@ from torch import nn
 from editdecay import __version__
 from editdecay.data import EditRequest, load_corpus
 from editdecay.data.fact_statements import fact_statements, mix_statements
+from editdecay.durability import strategy
 from editdecay.editing import EditContext, StatsStore, TargetStore, WeightPatch, build_editor
 from editdecay.evaluation import (
     GROUPS,
@@ -34,7 +35,11 @@ from editdecay.storage import atomic_write_json, atomic_write_parquet, atomic_wr
 log = logging.getLogger(__name__)
 
 
-def edit_stage(run: RunContext, requests: list[EditRequest], key: str) -> WeightPatch:
+def edit_stage(
+    run: RunContext, requests: list[EditRequest], key: str, model: nn.Module | None = None, name: str = "edit"
+) -> WeightPatch:
+    """The configured editor's patch of M (or of `model`, e.g. Mft for the `reedit` strategy; its statistics are
+    then those of that model, computed unless the store has them)."""
     config, base, resolved = run.config, run.base, run.resolved
 
     def compute(path: Path) -> None:
@@ -45,12 +50,12 @@ def edit_stage(run: RunContext, requests: list[EditRequest], key: str) -> Weight
             stats=StatsStore(run.store.stats_root),
             targets=TargetStore(run.store.targets_root),
             seed=config.editor.seed,
-            fingerprint=base.fingerprint,
+            fingerprint=base.fingerprint if model is None else None,
         )
-        patch = editor.edit(base.model, base.tokenizer, requests, context)
+        patch = editor.edit(base.model if model is None else model, base.tokenizer, requests, context)
         patch.save(path / "patch")
 
-    path = run.stage("edit", "patches", key, compute)
+    path = run.stage(name, "patches", key, compute)
     return WeightPatch.load(path / "patch")
 
 
@@ -63,14 +68,18 @@ def _finetune(
     edit_layers: list[int],
     requests: list[EditRequest],
     probe: CurveProbe | None = None,
+    patch: WeightPatch | None = None,
 ) -> Path:
+    """Fine-tune `model` (Med when `patch` is given: then with the configured strategy; M otherwise, plainly)."""
     ft, base, resolved = run.config.finetune, run.base, run.resolved
+    used = strategy(ft.strategy) if patch is not None else strategy("none")
 
     def compute(path: Path) -> None:
         examples = load_corpus(ft.corpus, max_examples=ft.max_examples, seed=ft.corpus_seed)
         if ft.fact_statements is not None:
             statements = fact_statements(requests, ft.fact_statements)
             examples = mix_statements(examples, statements, ft.fact_fraction, ft.corpus_seed)
+        examples = used.corpus(examples, requests, ft.replay_fraction, ft.corpus_seed)
         finetune(
             model,
             base.tokenizer,
@@ -82,6 +91,7 @@ def _finetune(
             dtypes=run.dtypes,
             probe=probe,
             probe_key=key if probe else None,  # the stage key holds the curve's identity (resolve.curve_identity)
+            hooks=used.hooks(patch, requests, base.tokenizer) if patch is not None else None,
         )
 
     return run.stage(name, "finetunes", key, compute) / "result"
@@ -94,21 +104,31 @@ def build_groups(
     requests: list[EditRequest],
     control: list[EditRequest],
 ) -> pd.DataFrame | None:
-    """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med (each a separate model object). Returns Med's
-    decay curve (the edits and control facts scored during its fine-tuning) when `evaluation.curve_every` is set."""
-    base, evaluation = run.base, run.config.evaluation
+    """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med under `finetune.strategy` (with `reedit`: Mft
+    edited by the same editor), each a separate model object. Returns Med's decay curve (the edits and control facts
+    scored during its fine-tuning) when `evaluation.curve_every` is set (and Med is fine-tuned)."""
+    base, config = run.base, run.config
     med = copy.deepcopy(base.model)
     patch.apply(med, fingerprint=base.fingerprint)  # med is a copy of the base: its fingerprint is known
     run.models["Med"] = med
-    probe = None
-    if evaluation.curve_every is not None:
-        measure = edit_curve_measure(base.tokenizer, requests, control, batch_size=evaluation.batch_size)
-        probe = CurveProbe(evaluation.curve_every, measure)
     ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers, requests)
-    ft_edited = _finetune(
-        run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe
-    )
     run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
+    if strategy(config.finetune.strategy).reedits:
+        if config.evaluation.curve_every is not None:
+            log.warning("No decay curve with finetune.strategy=reedit: the edited model is not fine-tuned.")
+        reedit = edit_stage(run, requests, keys["ft_edited"], model=run.models["Mft"], name="reedit Mft")
+        med_ft = copy.deepcopy(run.models["Mft"])
+        reedit.apply(med_ft)
+        run.models["Med_ft"] = med_ft
+        evaluation_dtype(run.models)
+        return None
+    probe = None
+    if config.evaluation.curve_every is not None:
+        measure = edit_curve_measure(base.tokenizer, requests, control, batch_size=config.evaluation.batch_size)
+        probe = CurveProbe(config.evaluation.curve_every, measure)
+    ft_edited = _finetune(
+        run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe, patch
+    )
     run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
     evaluation_dtype(run.models)  # fails now, before any evaluation, if the groups' precisions differ
     return FinetuneResult.load(ft_edited).curve if probe else None
@@ -244,6 +264,7 @@ def _run_row(run: RunContext, patch: WeightPatch) -> dict[str, Any]:
         "ft_method": config.finetune.method,
         "ft_layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
         "ft_facts": config.finetune.fact_statements,
+        "ft_strategy": config.finetune.strategy,
         "edit_seed": config.edits.seed,
         "ft_seed": config.finetune.seed,
         "edit_layers": ",".join(map(str, patch.layers)),

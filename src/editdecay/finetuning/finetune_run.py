@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editdecay.data.instruction_corpus import InstructionExample
 from editdecay.finetuning.collate import examples_fingerprint, split_validation, tokenize_example
+from editdecay.finetuning.hooks import TrainingHooks
 from editdecay.finetuning.loop import Checkpoint, CurveProbe, corpus_loss, train
 from editdecay.finetuning.methods import FINETUNE_METHODS
 from editdecay.finetuning.result import CURVE, MANIFEST, RESULT_FORMAT, FinetuneResult
@@ -45,6 +46,7 @@ def finetune(
     dtypes: DtypeResolver | None = None,
     probe: CurveProbe | None = None,
     probe_key: str | None = None,
+    hooks: TrainingHooks | None = None,
 ) -> FinetuneResult:
     """Fine-tune a deep copy of `model` (the caller's weights are never touched) and save the result.
 
@@ -56,6 +58,8 @@ def finetune(
     `compute_dtype: auto` is resolved first (with `dtypes`, or a fresh probe): the manifest records the result.
     With `probe`, its measurements during training are saved as `curve.parquet` (`FinetuneResult.curve`);
     `probe_key` names what it measures (part of the run's identity, so a result without that curve is not reused).
+    `hooks` change how the model is prepared, constrained after each step and saved (finetuning/hooks.py); their
+    `identity()` is part of the run's identity.
     """
     out_dir = Path(out_dir)
     dtypes = dtypes or DtypeResolver()
@@ -73,6 +77,9 @@ def finetune(
         if probe_key is None:
             raise ValueError("finetune with a probe needs probe_key: what the probe measures, for the run's identity.")
         run_key["curve"] = {"probe": probe_key, "every": probe.every}
+    hooks = hooks or TrainingHooks()
+    if hooks.identity() is not None:
+        run_key["hooks"] = hooks.identity()
     done = _existing_result(out_dir, run_key)
     if done is not None:
         if progress:
@@ -80,6 +87,7 @@ def finetune(
         return done
 
     modules = resolve_trainable_modules(model, spec, edited_layers, verbose=progress)
+    hooks.check(spec, modules)
     train_examples, val_examples = split_validation(examples, spec.val_fraction, spec.seed)
     tokenized = [tokenize_example(tokenizer, ex, spec.cutoff_len, spec.train_on_inputs) for ex in train_examples]
     no_targets = sum(ex.n_targets == 0 for ex in tokenized)
@@ -98,7 +106,7 @@ def finetune(
     work = copy.deepcopy(model).float()
     work.requires_grad_(False)
     _use_fast_training_attention(work, spec)
-    trained = method.prepare(work, modules, spec)
+    trained = hooks.prepare(method, work, modules, spec)
     expected = sum(method.trainable_count(model.get_submodule(name), spec) for name in modules)
     actual = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if actual != expected:
@@ -118,6 +126,7 @@ def finetune(
         progress=progress,
         desc=f"finetune {spec.method}",
         probe=probe,
+        after_step=hooks.after_step,
     )
     val_loss = corpus_loss(trained, tokenizer, val_examples, spec) if val_examples else None
 
@@ -145,13 +154,14 @@ def finetune(
         "val_loss": val_loss,
         "train_seconds": state.elapsed_s,
         "curve_every": probe.every if probe else None,
+        "hooks": hooks.identity(),
         "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
         "dtype_probes": [probe.to_dict() for probe in dtypes.results.values()],
         "versions": {pkg: _version(pkg) for pkg in ("editdecay", "torch", "transformers", "peft")},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     with atomic_directory(out_dir) as staging:
-        method.save(trained, model, staging)
+        hooks.save(method, trained, model, staging)
         if probe is not None:
             pd.DataFrame.from_records(state.curve).to_parquet(staging / CURVE, index=False)
         atomic_write_json(staging / MANIFEST, manifest)

@@ -192,11 +192,13 @@ def train(
     progress: bool = True,
     desc: str = "finetune",
     probe: CurveProbe | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainState:
     """Train the parameters of `trained` that require grad; deterministic given spec.seed.
 
     Each optimizer step's loss is the mean over every target token of its micro-batches, so the
-    result does not depend on how the step is split into micro-batches.
+    result does not depend on how the step is split into micro-batches. `after_step(trained)` runs after every
+    optimizer step, without gradients (a constraint on the weights, e.g. a projection).
     """
     trainable = _trainable(trained)
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr or 0.0, weight_decay=spec.weight_decay)
@@ -228,6 +230,9 @@ def train(
                 nn.utils.clip_grad_norm_(list(trainable.values()), spec.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(trained)
             state.step, state.tokens = step + 1, state.tokens + step_tokens
             state.losses.append(step_loss)
             state.elapsed_s = time.monotonic() - started

@@ -138,6 +138,8 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
     runs = []
     for done in sorted(runs_dir.glob("*/DONE")):
         directory = done.parent
+        if not (directory / "summary.json").is_file():
+            continue
         summary = json.loads((directory / "summary.json").read_text())
 
         def table(name: str, directory: Path = directory) -> pd.DataFrame | None:
@@ -579,8 +581,15 @@ def check_reinforcement(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def plain_runs(runs: Sequence[Run]) -> list[Run]:
-    """Runs fine-tuned on their corpus alone (no fact statements mixed in) with the default edit layers."""
-    return [r for r in runs if r.value(("finetune", "fact_statements")) is None and not _custom_layers(r)]
+    """Runs fine-tuned plainly on their corpus alone (no fact statements mixed in, no edit-preserving strategy)
+    with the default edit layers."""
+    return [
+        r
+        for r in runs
+        if r.value(("finetune", "fact_statements")) is None
+        and r.value(("finetune", "strategy")) in (None, "none")
+        and not _custom_layers(r)
+    ]
 
 
 def _custom_layers(run: Run) -> bool:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from editdecay.reporting.durability import plot_strategies, strategy_of, strategy_table
 from editdecay.reporting.figures import plot_activation_shift, plot_decay, plot_decay_curves
-from editdecay.reporting.results import connect, finetune_label
+from editdecay.reporting.findings import load_runs
+from editdecay.reporting.results import ReportError, connect, finetune_label
 from editdecay.reporting.tables import TABLES
 from editdecay.storage import atomic_write_text
 
@@ -36,6 +38,18 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     written += plot_decay(con, out)
     written += plot_activation_shift(con, out)
     written += plot_decay_curves(con, out)
+    try:
+        runs = load_runs(runs_dir)
+    except ReportError:  # runs without per-edit tables (older formats): no strategy table
+        runs = []
+    if any(strategy_of(run) != "none" for run in runs):
+        table = strategy_table(runs)
+        shown = table.round(2).to_markdown(index=False)
+        for suffix, text in ((".md", shown), (".csv", table.to_csv(index=False))):
+            atomic_write_text(out / f"strategies{suffix}", text)
+            written.append(out / f"strategies{suffix}")
+        sections.append(f"## strategies\n\n{(strategy_table.__doc__ or '').strip()}\n\n{shown}\n")
+        written += plot_strategies(table, out / "fig5_strategies")
     sections += [f"![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png"]
     atomic_write_text(out / "README.md", "\n".join(sections))
     return [*written, out / "README.md"]

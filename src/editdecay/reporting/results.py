@@ -35,9 +35,12 @@ def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def finetune_label(con: duckdb.DuckDBPyConnection, alias: str = "r", sep: str = "/") -> str:
     """SQL for a run's fine-tuning label: `method/layers`, plus ` + <facts> facts` when fact statements were mixed
-    into the corpus (runs written before that column existed have none)."""
+    into the corpus and ` [strategy]` for an edit-preserving strategy (runs written before those columns existed
+    have neither)."""
     label = f"{alias}.ft_method || '{sep}' || {alias}.ft_layers"
     columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE run)").fetchall()}
     if "ft_facts" in columns:
         label += f" || coalesce(' + ' || {alias}.ft_facts || ' facts', '')"
+    if "ft_strategy" in columns:
+        label += f" || coalesce(' [' || nullif({alias}.ft_strategy, 'none') || ']', '')"
     return label
