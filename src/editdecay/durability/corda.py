@@ -29,6 +29,7 @@ from torch import nn
 from editdecay.data import EditRequest
 from editdecay.data.fact_statements import statement
 from editdecay.data.instruction_corpus import format_prompt
+from editdecay.durability.projection import weight_of
 from editdecay.finetuning.hooks import TrainingHooks
 from editdecay.finetuning.methods import ADAPTER_DIR, FinetuneMethod
 from editdecay.finetuning.spec import FinetuneSpec
@@ -129,7 +130,7 @@ def balance_factors(model: nn.Module) -> None:
         if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
             continue
         for name in lora_a:
-            A, B = lora_a[name].weight, lora_b[name].weight  # (r, m), (d, r)
+            A, B = weight_of(lora_a[name]), weight_of(lora_b[name])  # (r, m), (d, r)
             scale = (A.norm(dim=1) / B.norm(dim=0).clamp_min(1e-30)).sqrt()  # c_j
             B.mul_(scale[None, :])
             A.div_(scale[:, None])

@@ -94,10 +94,10 @@ class KeyProjection(TrainingHooks):
             lora_a = getattr(module, "lora_A", None)
             if isinstance(lora_a, nn.ModuleDict) and lora_a:
                 # PEFT's lora_A is a Linear(m -> r) also for GPT-2's Conv1D: its weight is (r, m) either way.
-                self._targets[layer] = ("lora_a", _weight(next(iter(lora_a.values()))))
+                self._targets[layer] = ("lora_a", weight_of(next(iter(lora_a.values()))))
             else:
-                self._targets[layer] = ("weight_t" if transposed else "weight", _weight(module))
-                self._initial[layer] = _weight(module).detach().clone()
+                self._targets[layer] = ("weight_t" if transposed else "weight", weight_of(module))
+                self._initial[layer] = weight_of(module).detach().clone()
             kind, param = self._targets[layer]
             inputs = param.shape[0] if kind == "weight_t" else param.shape[1]
             if projector.shape[0] != inputs:
@@ -123,7 +123,8 @@ class KeyProjection(TrainingHooks):
                 param.copy_(initial + P @ (param - initial))
 
 
-def _weight(module: nn.Module) -> nn.Parameter:
+def weight_of(module: nn.Module) -> nn.Parameter:
+    """A linear module's weight parameter (TypeError when it has none)."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter):
         raise TypeError(f"{type(module).__name__} has no weight parameter to project")
