@@ -333,3 +333,14 @@ def test_balancing_keeps_the_lora_product_and_equalises_the_factors() -> None:
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     torch.testing.assert_close(B @ A, product, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(A.norm(dim=1), B.norm(dim=0), rtol=1e-5, atol=0)
+
+
+def test_dry_run_counts_a_reedit_as_an_edit_not_a_fine_tuning(tmp_path: Path) -> None:
+    from editdecay.experiments.grid import plan_grid
+    from editdecay.experiments.store import ArtifactStore
+
+    raw = write_tiny_experiment(tmp_path)
+    configs = [validate_experiment({**raw, "finetune": {**raw["finetune"], "strategy": s}}) for s in ("none", "reedit")]
+    plan = plan_grid(configs, ArtifactStore(tmp_path / "store"), tmp_path / "runs")
+    assert len(plan.stages["edits"].to_run) == 2  # the patch of M and the re-edit of Mft
+    assert len(plan.stages["fine-tunings"].to_run) == 2  # Mft (shared) and the plain run's Med_ft

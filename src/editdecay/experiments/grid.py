@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editdecay.config import ExperimentConfig, GridConfig
+from editdecay.durability import STRATEGIES
 from editdecay.evaluation import GROUPS
 from editdecay.experiments.resolve import model_spec, resolve_experiment, stage_keys, written_keys
 from editdecay.experiments.store import ArtifactStore
@@ -78,8 +79,11 @@ def plan_grid(
         known = shape is not None
         keys = stage_keys(resolve_experiment(config, shape, dtypes)) if shape is not None else written_keys(config)
         _count(stages["edits"], store, "patches", keys["patch"], known)
-        for name in ("ft_base", "ft_edited"):
-            _count(stages["fine-tunings"], store, "finetunes", keys[name], known)
+        _count(stages["fine-tunings"], store, "finetunes", keys["ft_base"], known)
+        if STRATEGIES[config.finetune.strategy].reedits:  # Med_ft is an edit of Mft, not a fine-tuning
+            _count(stages["edits"], store, "patches", keys["ft_edited"], known)
+        else:
+            _count(stages["fine-tunings"], store, "finetunes", keys["ft_edited"], known)
         for group in GROUPS:
             _count(stages["evaluations"], store, "evals", keys[f"eval_{group}"], known)
         if config.evaluation.activations:
