@@ -159,7 +159,9 @@ def plot_strategies(table: pd.DataFrame, out: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(zip(table["editor"], table["ft_method"], table["ft_lr"], strict=True)))
+    panels = sorted(  # the decay regime first: the highest rate, then editors and methods by name
+        set(zip(table["editor"], table["ft_method"], table["ft_lr"], strict=True)), key=lambda p: (-p[2], p[0], p[1])
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, (editor, method, lr) in zip(axes[0], panels, strict=True):
         part = table[(table["editor"] == editor) & (table["ft_method"] == method) & (table["ft_lr"] == lr)]
