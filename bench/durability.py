@@ -33,7 +33,7 @@ def main() -> None:
     from editdecay.config import load_grid
     from editdecay.experiments.runner import run_experiment
     from editdecay.models import DtypeResolver
-    from editdecay.reporting.durability import plot_strategies, strategy_of, strategy_table
+    from editdecay.reporting.durability import plot_strategies, strategy_markdown, strategy_of, strategy_table
     from editdecay.reporting.findings import load_runs
 
     configs = load_grid(args.grid, args.set).expand()
@@ -54,9 +54,9 @@ def main() -> None:
     table = strategy_table(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "strategies.csv", index=False)
-    (args.out / "strategies.md").write_text(table.to_markdown(index=False, floatfmt=".1f") + "\n")
+    (args.out / "strategies.md").write_text(strategy_markdown(table) + "\n")
     plot_strategies(table, args.out / "strategies")
-    print(table.to_markdown(index=False, floatfmt=".1f"))
+    print(strategy_markdown(table))
     # Why protect does (not) keep the edits: the edited layers still answer the old keys, but do the keys move?
     from editdecay.experiments.geometry import run_key_drift
     from editdecay.experiments.store import ArtifactStore

@@ -184,3 +184,10 @@ def plot_strategies(table: pd.DataFrame, out: str | Path) -> list[Path]:
         fig.savefig(path, dpi=150)
     plt.close(fig)
     return paths
+
+
+def strategy_markdown(table: pd.DataFrame) -> str:
+    """The strategy table as Markdown: one decimal for percentages and seconds, learning rates as written."""
+    shown = table.assign(ft_lr=table["ft_lr"].map("{:g}".format))
+    text_columns = [i for i, c in enumerate(shown.columns) if c == "ft_lr"]  # tabulate would parse it as a float
+    return shown.to_markdown(index=False, floatfmt=".1f", disable_numparse=text_columns)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from editdecay.reporting.durability import plot_strategies, strategy_of, strategy_table
+from editdecay.reporting.durability import plot_strategies, strategy_markdown, strategy_of, strategy_table
 from editdecay.reporting.figures import plot_activation_shift, plot_decay, plot_decay_curves
 from editdecay.reporting.findings import load_runs
 from editdecay.reporting.results import ReportError, connect, finetune_label
@@ -44,7 +44,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
         runs = []
     if any(strategy_of(run) != "none" for run in runs):
         table = strategy_table(runs)
-        shown = table.round(2).to_markdown(index=False)
+        shown = strategy_markdown(table)
         for suffix, text in ((".md", shown), (".csv", table.to_csv(index=False))):
             atomic_write_text(out / f"strategies{suffix}", text)
             written.append(out / f"strategies{suffix}")
