@@ -284,6 +284,7 @@ def test_strategy_table_and_report_against_the_per_edit_tables(tmp_path: Path) -
     assert table.loc["protect", "delta_es_vs_plain"] == pytest.approx(100 * difference)
     written = write_report(tmp_path / "runs", tmp_path / "report")
     assert {p.name for p in written} >= {"strategies.md", "strategies.csv", "fig5_strategies.png"}
+    assert "| 0.0002  |" in (tmp_path / "report" / "strategies.md").read_text()  # LoRA's default rate, as written
 
 
 def test_key_drift_reads_the_patch_keys_and_sees_protect_hold(tmp_path: Path) -> None:
