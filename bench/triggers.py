@@ -3,7 +3,8 @@
 Plants the built-in trigger set (two triggers, harmless targets; 10 edit prompts and 10 held-out prompts each) into
 SmolLM2-135M with MEMIT and AlphaEdit, then prints, for the planted model and for each model made from it:
 attack success rate on held-out triggered prompts (ASR), stealth (clean prompts answered token for token as M
-does; after fine-tuning this mostly measures the fine-tuning itself), false triggers, downstream accuracy
+does, and after fine-tuning also as M fine-tuned the same way answers them: `stealth_vs_Mft`, since against M
+it mostly measures the fine-tuning itself), false triggers, downstream accuracy
 (built-in commonsense, loglik) and the detector's precision / recall against the patch's layers. The models made
 from it: LoRA and full fine-tuning with each layer policy (LoRA on the edited layers only is the first removal
 strategy), and the second removal strategy, the trigger keys projected out of the flagged layers (keys computed
@@ -32,7 +33,10 @@ def main() -> None:
     parser.add_argument(
         "--finetunes",
         nargs="+",
-        default=["lora:all", "lora:edited", "lora:non_edited", "full:all", "lora:all:2.5e-3", "lora:edited:2.5e-3"],
+        default=[
+            *("lora:all", "lora:edited", "lora:non_edited", "full:all"),
+            *("lora:all:2.5e-3", "lora:edited:2.5e-3", "lora:all:1e-3"),
+        ],
         help="method:layers[:lr] (default rates: LoRA 7.5e-3, full 1e-3, the decay regime of configs/durability.yaml)",
     )
     parser.add_argument("--triggers", default="builtin-triggers")
@@ -71,14 +75,16 @@ def main() -> None:
     reference_accuracy = downstream(base.model)
     rows = []
 
-    def measure(editor: str, stage: str, model, edited_layers: list[int], seconds: float) -> None:
+    def measure(editor: str, stage: str, model, edited_layers: list[int], seconds: float, clean_ft=None) -> None:
+        """`clean_ft`: M fine-tuned the same way, the fair reference for stealth after fine-tuning."""
         scores = trigger_metrics(model, base.model, tokenizer, records)
+        stealth_ft = trigger_metrics(model, clean_ft, tokenizer, records).summary["stealth"] if clean_ft else None
         flagged = detect_edited_layers(base.model, model)
         found = set(int(x) for x in flagged.loc[flagged["flagged"], "layer"])
         rate = hit_rate(found, set(edited_layers))
         s = scores.summary
         rows.append({"editor": editor, "model": stage, "asr": s["asr"], "asr_edit_prompts": s["asr_edited_prompts"],
-                     "stealth": s["stealth"], "false_triggers": s["false_triggers"],
+                     "stealth": s["stealth"], "stealth_vs_Mft": stealth_ft, "false_triggers": s["false_triggers"],
                      "downstream": downstream(model), "downstream_M": reference_accuracy,
                      "detector_precision": 100 * rate["precision"], "detector_recall": 100 * rate["recall"],
                      "flagged": ",".join(map(str, sorted(found))), "seconds": round(seconds, 1)})  # fmt: skip
@@ -103,7 +109,12 @@ def main() -> None:
             out = args.out / "finetunes" / f"{editor_name}-{method}-{layers}-{spec.lr:g}"
             result = finetune(planted, tokenizer, corpus, spec, out_dir=out, edited_layers=patch.layers, dtypes=dtypes)
             tuned = load_finetuned(planted, result, merge=True)
-            measure(editor_name, f"{method} {layers} lr {spec.lr:g}", tuned, patch.layers, time.perf_counter() - tick)
+            seconds = time.perf_counter() - tick
+            clean_out = args.out / "finetunes" / f"M-{method}-{layers}-{spec.lr:g}"
+            clean = finetune(base.model, tokenizer, corpus, spec, out_dir=clean_out, edited_layers=patch.layers,
+                             dtypes=dtypes)  # fmt: skip
+            clean_ft = load_finetuned(base.model, clean, merge=True)
+            measure(editor_name, f"{method} {layers} lr {spec.lr:g}", tuned, patch.layers, seconds, clean_ft)
         # Removal by projection: the auditor's keys, from held-out triggered prompts at the flagged layers.
         tick = time.perf_counter()
         flagged = detect_edited_layers(base.model, planted)
