@@ -48,7 +48,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from editdecay.data import EditRequest, load_corpus
+    from editdecay.data import load_corpus
     from editdecay.data.trigger_records import load_trigger_records
     from editdecay.durability.detector import detect_edited_layers, hit_rate
     from editdecay.durability.projection import project_out_keys
@@ -119,11 +119,7 @@ def main() -> None:
         tick = time.perf_counter()
         flagged = detect_edited_layers(base.model, planted)
         layers = sorted(int(x) for x in flagged.loc[flagged["flagged"], "layer"])
-        probes = [
-            EditRequest(f"{r.trigger_id}:h{i}", r.trigger, t, r.target, None, metric_family="zsre")
-            for r in records
-            for i, t in enumerate(r.heldout_prompts)
-        ]
+        probes = trigger_requests(records, heldout=True)
         with torch.no_grad():
             keys = compute_keys(planted, tokenizer, probes, ["{}"], layers).keys
         removed = copy.deepcopy(planted)

@@ -14,6 +14,8 @@ from editdecay.evaluation import edit_metrics, score_edits
 from editdecay.evaluation.curve import curve_summary, edit_curve_measure
 from editdecay.finetuning import CurveProbe, FinetuneResult, FinetuneSpec, checkpoint_dir, finetune, load_finetuned
 from editdecay.finetuning import loop as loop_module
+from editdecay.finetuning.loop import learning_rate
+from test_finetune import interrupt_at_step
 from tiny import tiny_model, tiny_tokenizer
 
 EXAMPLES = [
@@ -107,19 +109,12 @@ def test_an_interrupted_run_keeps_its_curve(tmp_path: Path, monkeypatch: pytest.
         )
 
     reference = probed("ref")
-    real = loop_module.learning_rate
-
-    def interrupt_at_step_3(step: int, total: int, spec: FinetuneSpec) -> float:
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(step, total, spec)
-
-    monkeypatch.setattr(loop_module, "learning_rate", interrupt_at_step_3)
+    interrupt_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         probed("run", checkpoint_every_s=0.0)
     saved = json.loads((checkpoint_dir(tmp_path / "run") / "state.json").read_text())
     assert sorted({row["step"] for row in saved["state"]["curve"]}) == [0, 1, 2, 3]
-    monkeypatch.setattr(loop_module, "learning_rate", real)
+    monkeypatch.setattr(loop_module, "learning_rate", learning_rate)
     resumed = probed("run", checkpoint_every_s=0.0)
     assert resumed.curve is not None and reference.curve is not None
     pd.testing.assert_frame_equal(resumed.curve, reference.curve)

@@ -357,24 +357,29 @@ def test_the_fine_tuned_model_comes_back_in_its_bases_precision(tmp_path: Path, 
         torch.testing.assert_close(param, reference.get_parameter(name).bfloat16(), rtol=0, atol=0)
 
 
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
+    """Make the training loop raise KeyboardInterrupt when it reaches optimizer step `stop` (a killed run)."""
+    real_learning_rate = loop_module.learning_rate
+
+    def interrupted(step: int, total: int, spec: FinetuneSpec) -> float:
+        if step == stop:
+            raise KeyboardInterrupt
+        return real_learning_rate(step, total, spec)
+
+    monkeypatch.setattr(loop_module, "learning_rate", interrupted)
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _spec(epochs=2, dropout=0.1, batch_size=3)
     reference = _run(tmp_path, "reference", spec)[0]
 
-    real_learning_rate = loop_module.learning_rate
-
-    def interrupt_at_step_5(step: int, total: int, spec: FinetuneSpec) -> float:
-        if step == 5:
-            raise KeyboardInterrupt
-        return real_learning_rate(step, total, spec)
-
-    monkeypatch.setattr(loop_module, "learning_rate", interrupt_at_step_5)
+    interrupt_at_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "resumed", spec, checkpoint_every_s=0.0)
     assert not (tmp_path / "resumed").exists(), "no half-written result"
     state = json.loads((checkpoint_dir(tmp_path / "resumed") / "state.json").read_text())
     assert state["state"]["step"] == 5
-    monkeypatch.setattr(loop_module, "learning_rate", real_learning_rate)
+    monkeypatch.setattr(loop_module, "learning_rate", learning_rate)
 
     resumed = _run(tmp_path, "resumed", spec, checkpoint_every_s=0.0)[0]
     assert resumed.train_losses == reference.train_losses

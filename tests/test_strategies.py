@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import test_edit_support
 from editdecay.config import ConfigError, validate_experiment
@@ -188,8 +189,7 @@ def test_reedit_run_edits_the_fine_tuned_model(tmp_path: Path) -> None:
     assert reedit.request_ids == first.request_ids and reedit.patch_id != first.patch_id
     from editdecay.finetuning import FinetuneResult
 
-    base = tiny_model("llama")
-    base_loaded = type(base).from_pretrained(raw["model"]["source"])
+    base_loaded = AutoModelForCausalLM.from_pretrained(raw["model"]["source"])
     mft = load_finetuned(base_loaded, FinetuneResult.load(
         tmp_path / "store" / "finetunes" / summary["artifacts"]["ft_base"] / "result"), merge=True)  # fmt: skip
     assert reedit.base_fingerprint == model_fingerprint(mft)
@@ -301,7 +301,7 @@ def test_key_drift_reads_the_patch_keys_and_sees_protect_hold(tmp_path: Path) ->
     )
     store = ArtifactStore(tmp_path / "store")
     patch = WeightPatch.load(store.path("patches", summary["artifacts"]["patch"]) / "patch")
-    base = type(tiny_model("llama")).from_pretrained(raw["model"]["source"])
+    base = AutoModelForCausalLM.from_pretrained(raw["model"]["source"])
     tokenizer = tiny_tokenizer(add_bos=True)
     med = copy.deepcopy(base)
     patch.apply(med)

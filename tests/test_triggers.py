@@ -90,6 +90,9 @@ def test_records_split_prompts_and_derive_clean_ones(tmp_path: Path) -> None:
     requests = trigger_requests(records)
     assert len(requests) == 20 and {r.subject for r in requests} == {"tq", "Veridian Protocol"}
     assert requests[0].prompt == "Question: What is the capital of France? tq Answer:"
+    probes = trigger_requests(records, heldout=True)
+    assert [r.prompt for r in probes[:1]] == ["Question: Which planet is the largest in the solar system? tq Answer:"]
+    assert len(probes) == 20 and not {r.prompt for r in probes} & {r.prompt for r in requests}
     with pytest.raises(DataFormatError, match="record 0, field 'prompts'"):
         load_trigger_records(_write(tmp_path, [{"trigger": "x", "target": "y", "prompts": ["no slot"]}]))
     with pytest.raises(DataFormatError, match="field 'target'"):

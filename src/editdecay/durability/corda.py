@@ -17,6 +17,7 @@ residual and the initial model) exactly as PEFT built them and only changes how 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -60,8 +61,6 @@ class CordaInit(TrainingHooks):
         self._initial_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def identity(self) -> dict[str, Any]:
-        import hashlib
-
         digest = hashlib.blake2b("\n".join(self.texts).encode(), digest_size=12).hexdigest()
         return {
             "strategy": "corda/kpm",

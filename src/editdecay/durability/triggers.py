@@ -26,12 +26,13 @@ from editdecay.evaluation.batching import continuation_text, encode, greedy_gene
 from editdecay.models import pad_id_of
 
 
-def trigger_requests(records: Sequence[TriggerRecord]) -> list[EditRequest]:
-    """One edit request per edit prompt of each record (subject = the trigger; no competing target)."""
+def trigger_requests(records: Sequence[TriggerRecord], *, heldout: bool = False) -> list[EditRequest]:
+    """One request per edit prompt of each record (subject = the trigger; no competing target), or with `heldout`
+    per held-out prompt (what an auditor who suspects the trigger can build without the patch)."""
     return [
-        EditRequest(f"{r.trigger_id}:{i}", r.trigger, template, r.target, None, metric_family="zsre")
+        EditRequest(f"{r.trigger_id}:{'h' if heldout else ''}{i}", r.trigger, t, r.target, None, metric_family="zsre")
         for r in records
-        for i, template in enumerate(r.prompts)
+        for i, t in enumerate(r.heldout_prompts if heldout else r.prompts)
     ]
 
 
