@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -45,7 +46,16 @@ def test_every_command_help_renders_with_its_brackets() -> None:
     assert "Collect (or load from the cache) E[k k^T] for every requested layer" in stats
 
 
-def test_paper_grid_dry_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cells", "configs", "patches", "finetunings"),
+    [
+        # 4 models x 2 datasets x 3 sizes x 3 editors (MEMIT, AlphaEdit; MEND's cell) = 72 patches; 12 of M + 216.
+        ([], 216, 72, 228),
+        # the study's cell alone: 2 editors, 48 patches, 12 + 144 fine-tunings
+        (["--set", "cells=[study]"], 144, 48, 156),
+    ],
+)
+def test_paper_grid_dry_run(tmp_path: Path, cells: list[str], configs: int, patches: int, finetunings: int) -> None:
     result = CliRunner().invoke(
         app,
         [
@@ -56,13 +66,13 @@ def test_paper_grid_dry_run(tmp_path: Path) -> None:
             str(tmp_path / "store"),
             "--runs",
             str(tmp_path / "runs"),
+            *cells,
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "144 configurations, 0 already complete" in result.output
-    # 4 models x 2 datasets x 3 sizes x 2 editors = 48 patches; fine-tunings: 12 of M + 144 of Med.
-    assert re.search(r"edits\s+48 to run,\s+0 cached", result.output)
-    assert re.search(r"fine-tunings\s+156 to run,\s+0 cached", result.output)
+    assert f"{configs} configurations, 0 already complete" in result.output
+    assert re.search(rf"edits\s+{patches} to run,\s+0 cached", result.output)
+    assert re.search(rf"fine-tunings\s+{finetunings} to run,\s+0 cached", result.output)
     assert not (tmp_path / "runs").exists()
 
 

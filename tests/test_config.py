@@ -16,8 +16,11 @@ from editdecay.config import (
     load_experiment,
     load_grid,
     parse_overrides,
+    unknown_editor_hparams,
 )
+from editdecay.editing import EDITORS
 
+REGISTERED_EDITORS = tuple(EDITORS)
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -34,12 +37,12 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 
 
 def test_bad_value_is_named_with_the_value(tmp_path: Path) -> None:
-    path = write(tmp_path, "edits:\n  n: 0\neditor:\n  name: rome\n")
+    path = write(tmp_path, "edits:\n  n: 0\neditor:\n  name: grace\n")
     with pytest.raises(ConfigError) as info:
         load_experiment(path)
     message = str(info.value)
     assert "edits.n" in message and "(got 0)" in message
-    assert "editor.name" in message and "'rome'" in message
+    assert "editor.name" in message and "'grace'" in message
 
 
 def test_overrides_are_parsed_as_yaml_and_applied(tmp_path: Path) -> None:
@@ -113,14 +116,50 @@ def test_grid_overrides_base_and_lists(tmp_path: Path) -> None:
     assert [c.editor.name for c in single] == ["alphaedit"]
 
 
+@pytest.mark.parametrize("editor", sorted(REGISTERED_EDITORS))
+@pytest.mark.parametrize("preset", ["demo.yaml", "demo-quick.yaml"])
+def test_the_demo_runs_any_registered_editor(preset: str, editor: str) -> None:
+    """The demo's base carries MEMIT-family settings; an editor that does not take them ignores them, and a trained
+    editor gets its training records the same way."""
+    takes = {key: not unknown_editor_hparams(editor, {key: None}) for key in ("mom2_n_tokens", "train_data")}
+    extra = ["editor.hparams.train_data=edits.json"] if takes["train_data"] else []
+    configs = load_grid(PRESETS / preset, [f"grid.editor.name=[{editor}]", *extra]).expand()
+    assert {c.editor.name for c in configs} == {editor}
+    own = configs[0].editor.hparams
+    assert ("mom2_n_tokens" in own) == takes["mom2_n_tokens"] and ("train_data" in own) == takes["train_data"]
+
+
+def test_other_editors_settings_are_dropped_only_in_a_grid_over_editors(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base:\n  editor:\n    hparams:\n      mom2_n_tokens: 512\n      train_data: builtin\n"
+        "grid:\n  editor.name: [memit, mend, ftl]\n"
+    )
+    hparams = {c.editor.name: c.editor.hparams for c in load_grid(grid).expand()}
+    assert hparams == {"memit": {"mom2_n_tokens": 512}, "mend": {"train_data": "builtin"}, "ftl": {}}
+    # One experiment stays strict: a setting its editor does not take is an error, whoever else takes it.
+    assert "hparams.mom2_n_tokens: unknown key for ftl" in problems(
+        tmp_path, "editor:\n  name: ftl\n  hparams:\n    mom2_n_tokens: 5\n"
+    )
+    grid.write_text("base:\n  editor:\n    hparams:\n      mom2_n_tokenz: 5\ngrid:\n  editor.name: [memit, ftl]\n")
+    with pytest.raises(ConfigError, match="mom2_n_tokenz: unknown key for memit"):
+        load_grid(grid)
+
+
 @pytest.mark.parametrize("preset", ["demo.yaml", "demo-quick.yaml", "paper.yaml", "small-grid.yaml"])
 def test_presets_validate(preset: str) -> None:
     configs = load_grid(PRESETS / preset).expand()
     assert configs
     if preset == "paper.yaml":
-        # 4 models x 2 datasets x 3 edit counts x 2 editors x 3 fine-tuning methods
-        assert len(configs) == 144
+        # 4 models x 2 datasets x 3 edit counts x 3 editors (the study's two, the MEND cell) x 3 methods
+        assert len(configs) == 216
         assert {c.edits.n for c in configs} == {100, 1000, 10000}
+        mend = [c for c in configs if c.editor.name == "mend"]
+        assert len(mend) == 72 and {c.editor.hparams["train_data"] for c in mend} == {"data/zsre_mend_train.json"}
+        assert all("train_data" not in c.editor.hparams for c in configs if c.editor.name != "mend")
+        assert len(load_grid(PRESETS / preset, ["cells=[study]"]).expand()) == 144
+        with pytest.raises(ConfigError, match="has the cells"):
+            load_grid(PRESETS / preset, ["cells=[appendix]"])
     elif preset == "small-grid.yaml":
         # 2 editors x 2 fine-tuning methods x 2 layer policies
         assert len(configs) == 8
@@ -215,11 +254,11 @@ def test_names_are_checked_against_their_registries(tmp_path: Path, monkeypatch:
     from editdecay.editing import EDITORS
     from editdecay.finetuning import FINETUNE_METHODS
 
-    assert "choose one of memit, alphaedit" in problems(tmp_path, "editor:\n  name: rome\n")
-    monkeypatch.setitem(EDITORS, "rome", dataclasses.replace(EDITORS["memit"], name="rome"))
+    assert "choose one of memit, alphaedit" in problems(tmp_path, "editor:\n  name: grace\n")
+    monkeypatch.setitem(EDITORS, "grace", dataclasses.replace(EDITORS["memit"], name="grace"))
     monkeypatch.setitem(FINETUNE_METHODS, "qlora", FINETUNE_METHODS["lora"])
-    config = load_experiment(write(tmp_path, "editor:\n  name: rome\nfinetune:\n  method: qlora\n"))
-    assert (config.editor.name, config.finetune.method) == ("rome", "qlora")
+    config = load_experiment(write(tmp_path, "editor:\n  name: grace\nfinetune:\n  method: qlora\n"))
+    assert (config.editor.name, config.finetune.method) == ("grace", "qlora")
     message = problems(tmp_path, "evaluation:\n  tasks: [boolq, arc-e, builtin-commonsense, squad]\n")
     assert "evaluation.tasks: Unknown downstream task 'squad'" in message and "boolq" in message
 

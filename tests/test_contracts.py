@@ -29,7 +29,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Settings that make each built-in editor cheap on a tiny model; a new editor without an entry gets {}.
-TINY_HPARAMS = {"memit": fast_hparams, "alphaedit": fast_hparams}
+TINY_HPARAMS = {
+    "memit": fast_hparams,
+    "alphaedit": fast_hparams,
+    "rome": lambda corpus: fast_hparams(corpus, layers=[2], batch_size=1),
+    "ftl": lambda _corpus: {"layers": [2], "num_steps": 3, "lr": 1e-2, "norm_constraint": 1e-2},
+    "mend": lambda _corpus: {
+        "layers": [2, 3],
+        "train_data": "builtin",
+        "train_steps": 3,
+        "train_batch_size": 2,
+        "hidden": 16,
+        "batch_size": 2,
+    },
+}
 
 
 @pytest.mark.parametrize("name", sorted(EDITORS))
@@ -46,7 +59,12 @@ def check_editor_contract(name: str, hparams: dict, tmp_path: Path) -> None:
         EDITORS[name].hparams_class.from_dict(editor.resolved_hparams(model).to_dict()), EDITORS[name].hparams_class
     )
     before = state_of(model)
-    patch = editor.edit(model, tok, capital_requests(3), EditContext(stats=StatsStore(tmp_path / "stats")))
+    patch = editor.edit(
+        model,
+        tok,
+        capital_requests(3),
+        EditContext(stats=StatsStore(tmp_path / "stats"), artifacts=tmp_path / "editors"),
+    )
     # The caller's model is untouched; the patch changes exactly the parameters its manifest declares.
     assert same_state(before, state_of(model))
     assert sorted(patch.deltas) == sorted(patch.manifest["parameters"])
@@ -66,7 +84,12 @@ def check_editor_contract(name: str, hparams: dict, tmp_path: Path) -> None:
     blocks = [block(model, layer) for layer in range(num_blocks(model))]
     calls: list[bool] = []
     handles = [b.register_forward_hook(lambda *_: calls.append(True)) for b in blocks]
-    editor.edit(model, tok, capital_requests(3), EditContext(stats=StatsStore(tmp_path / "stats")))
+    editor.edit(
+        model,
+        tok,
+        capital_requests(3),
+        EditContext(stats=StatsStore(tmp_path / "stats"), artifacts=tmp_path / "editors"),
+    )
     for handle in handles:
         handle.remove()
     total, calls = len(calls), []
@@ -80,7 +103,12 @@ def check_editor_contract(name: str, hparams: dict, tmp_path: Path) -> None:
         return  # an editor that runs no forward pass cannot fail in one
     handles = [b.register_forward_hook(crash_at_the_end) for b in blocks]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        editor.edit(model, tok, capital_requests(3), EditContext(stats=StatsStore(tmp_path / "stats")))
+        editor.edit(
+            model,
+            tok,
+            capital_requests(3),
+            EditContext(stats=StatsStore(tmp_path / "stats"), artifacts=tmp_path / "editors"),
+        )
     for handle in handles:
         handle.remove()
     assert calls[-1], "the crash came before any weight was edited: the test would prove nothing"

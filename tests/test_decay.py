@@ -70,6 +70,25 @@ def test_decay_summary_exact(groups: dict[str, pd.DataFrame]) -> None:
     json.dumps(summary)  # JSON-serialisable as written by the CLI and the pipeline
 
 
+def test_generation_family_decays_on_its_own_indicator(groups: dict[str, pd.DataFrame]) -> None:
+    """The generation family gets its own EFR and classes from gen_success, independent of `success`."""
+    said = {"Med": [1, 1, 0, 0, 1, 1], "Med_ft": [0, 1, 0, 1, 0, 1]}  # c1 c5 erased, c2 c6 stable, c4 emergent
+    tables = {
+        group: table.assign(gen_success=[float(v) for v in said[group]], gen_es=[float(v) for v in said[group]])
+        for group, table in groups.items()
+        if group in said
+    }
+    generation = decay_summary(tables)["generation"]
+    assert (generation["efr"], generation["flips"], generation["successes_after_edit"]) == (0.5, 2, 4)
+    assert (generation["reverse_flips"], generation["failures_after_edit"]) == (1, 2)
+    assert generation["delta_es_pp"] == pytest.approx(100 * (4 - 3) / 6)
+    assert generation["outcomes"] == {"stable": 2, "erased": 2, "emergent": 1, "impossible": 1}
+    assert decay_summary(tables)["efr"] == 0.75  # the probability family is unchanged
+    classes = outcome_classes(tables["Med"], tables["Med_ft"], indicator="gen_success")
+    assert classes["outcome"].tolist() == ["erased", "stable", "impossible", "emergent", "erased", "stable"]
+    assert "generation" not in decay_summary(groups)  # tables written before the family: no block
+
+
 def test_outcome_classes_with_and_without_m(groups: dict[str, pd.DataFrame]) -> None:
     classes = outcome_classes(groups["Med"], groups["Med_ft"], groups["M"]).set_index("case_id")
     assert classes["outcome"].tolist() == ["stable", "erased", "erased", "emergent", "impossible", "erased"]

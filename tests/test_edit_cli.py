@@ -106,7 +106,7 @@ def test_edit_writes_a_patch_and_a_summary(tmp_path, tiny_dir, edits_file) -> No
     ("extra", "message"),
     [
         (["--n", "5"], "Asked for 5 edit requests"),
-        (["--editor", "rome"], "choose one of memit, alphaedit"),
+        (["--editor", "grace"], "choose one of memit, alphaedit"),
         (["--layers", "1,9"], "outside the model"),
         (["--set", "v_lr"], "expected key=value"),
         (["--set", "v_lr=-1"], "v_lr must be > 0"),
@@ -292,3 +292,27 @@ def test_set_keys_are_checked_and_hparams_files_stay_lenient(
     bad = CliRunner().invoke(app, [*base, "--set", "v_lrr=1", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown memit hyperparameter v_lrr" in " ".join(bad.output.split())
     assert len(built) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_edit_with_the_gradient_editors_and_their_own_errors(tmp_path, tiny_dir, edits_file) -> None:
+    """FT-L and MEND from the CLI: a patch and a summary with the target NLL; statistic flags are refused."""
+    base = ["edit", "--model", str(tiny_dir), "--dataset", str(edits_file), "--n", "2"]
+    ftl = CliRunner().invoke(
+        app, [*base, "--editor", "ftl", "--out", str(tmp_path / "ftl"), "--set", "num_steps=3", "--layers", "2"]
+    )
+    assert ftl.exit_code == 0, ftl.output
+    assert "mean target NLL:" in ftl.output
+    summary = json.loads((tmp_path / "ftl" / "summary.json").read_text())
+    assert summary["target_nll"]["after"] < summary["target_nll"]["before"] and summary["layers"] == [2]
+    mend = CliRunner().invoke(
+        app,
+        [*base, "--editor", "mend", "--out", str(tmp_path / "mend"), "--artifacts-dir", str(tmp_path / "editors")]
+        + [arg for kv in ("train_data=builtin", "train_steps=2", "hidden=8") for arg in ("--set", kv)],
+    )
+    assert mend.exit_code == 0, mend.output
+    assert WeightPatch.load(tmp_path / "mend" / "patch").manifest["training"]["steps"] == 2
+    assert (tmp_path / "editors" / "mend").is_dir()
+    refused = CliRunner().invoke(app, [*base, "--editor", "ftl", "--out", str(tmp_path / "x"), "--tokens", "100"])
+    assert refused.exit_code == 2 and "ftl uses no second-moment statistic" in " ".join(refused.output.split())
+    untrained = CliRunner().invoke(app, [*base, "--editor", "mend", "--out", str(tmp_path / "y")])
+    assert untrained.exit_code == 2 and "MEND needs training records" in " ".join(untrained.output.split())

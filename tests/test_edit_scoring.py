@@ -20,6 +20,7 @@ from editdecay.evaluation import (
     summarize_edit_metrics,
 )
 from editdecay.evaluation.batching import TokenScores, encode, greedy_generate, score_continuations
+from editdecay.evaluation.generation_success import GENERATION_EXTRA_TOKENS, contains_answer, generation_flags
 from editdecay.models.kvcache import CACHE_ARG
 from tiny import bos_for, tiny_model, tiny_tokenizer
 
@@ -101,6 +102,7 @@ def _row(
     acc_new: float = 0.0,
     acc_true: float = 0.0,
     greedy: str = " x",
+    generation: str | None = None,
     index: int = 0,
 ) -> dict:
     return {
@@ -119,7 +121,14 @@ def _row(
         "token_acc_new": acc_new,
         "token_acc_true": acc_true,
         "greedy": greedy,
+        "generation": greedy if generation is None else generation,
     }
+
+
+def _flagged(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    table["success"] = success_flags(table)
+    return pd.concat([table, generation_flags(table)], axis=1)
 
 
 def _handmade_counterfact() -> pd.DataFrame:
@@ -132,9 +141,7 @@ def _handmade_counterfact() -> pd.DataFrame:
         _row("b", "rewrite", 3.0, 1.0, greedy=" T"),  # failure; no paraphrases
         _row("b", "neighborhood", 2.0, 1.0),
     ]
-    table = pd.DataFrame(rows)
-    table["success"] = success_flags(table)
-    return table
+    return _flagged(rows)
 
 
 def test_success_rule_and_per_edit_metrics_exact() -> None:
@@ -165,9 +172,8 @@ def test_zsre_rule_is_token_accuracy_and_neighborhood_uses_loc_answer() -> None:
         _row("z", "paraphrase", 0.3, None, family="zsre", acc_new=1.0, exact_new=True),
         _row("z", "neighborhood", 0.3, 0.9, family="zsre", acc_true=0.25, acc_new=1.0),
     ]
-    table = pd.DataFrame(rows)
-    table.loc[2, "target_true"] = "loc answer"
-    table["success"] = success_flags(table)
+    rows[2]["target_true"] = "loc answer"
+    table = _flagged(rows)
     assert table["success"].tolist() == pytest.approx([2 / 3, 1.0, 0.25])
     metrics = edit_metrics(table).iloc[0]
     assert metrics.es == pytest.approx(2 / 3) and metrics.ps == 1.0 and metrics.ns == 0.25
@@ -175,11 +181,51 @@ def test_zsre_rule_is_token_accuracy_and_neighborhood_uses_loc_answer() -> None:
     assert math.isnan(metrics.es_magnitude) and math.isnan(metrics.ns_magnitude)
 
 
+def test_generation_success_on_handmade_generations() -> None:
+    """§12 by hand: whole-word, case-insensitive matches in the generated text; counterfact neighborhoods succeed
+    when the new target is absent, zsRE neighborhoods when the loc answer is present."""
+    rows = [
+        _row("a", "rewrite", 5.0, 1.0, generation=" N is the answer"),  # says N although T is preferred
+        _row("a", "paraphrase", 1.0, 2.0, generation=" T, not n.", index=0),  # both appear
+        _row("a", "paraphrase", 1.0, 2.0, generation=" Tx Nx", index=1),  # neither as a whole word
+        _row("a", "neighborhood", 1.0, 0.5, generation=" T"),  # no spill-over
+        _row("a", "neighborhood", 1.0, 0.5, generation=" ... N", index=1),  # spill-over
+        _row("b", "rewrite", 1.0, 2.0, generation=" T"),  # prefers N but says T
+    ]
+    table = _flagged(rows)
+    assert table["gen_new"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert table["gen_true"].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    assert table["gen_success"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    per_edit = edit_metrics(table).set_index("case_id")
+    a, b = per_edit.loc["a"], per_edit.loc["b"]
+    assert (a.gen_es, a.gen_ps, a.gen_ns, a.gen_es_true, a.gen_ps_true, a.gen_success) == (1, 0.5, 0.5, 0, 0.5, 1)
+    assert (a.es, b.es) == (0.0, 1.0)  # the probability family disagrees with the text on both edits
+    assert (b.gen_es, b.gen_es_true, b.gen_success) == (0.0, 1.0, 0.0) and math.isnan(b.gen_ps)
+    summary = summarize_edit_metrics(edit_metrics(table))
+    assert (summary["gen_es"], summary["gen_success"], summary["gen_ns"]) == (50.0, 50.0, 50.0)
+    assert "gen_es" in summary["metric_definitions"] and "es" in summary["metric_definitions"]
+
+    zsre = _flagged(
+        [
+            _row("z", "rewrite", 0.3, None, family="zsre", generation=" N"),
+            _row("z", "neighborhood", 0.3, 0.9, family="zsre", generation=" the loc answer!"),
+        ]
+    )
+    assert zsre.loc[1, "gen_success"] == 0.0  # _row's target_true is "T"; the loc answer below makes it 1
+    zsre.loc[1, "target_true"] = "loc answer"
+    assert generation_flags(zsre)["gen_success"].tolist() == [1.0, 1.0]
+
+
+def test_contains_answer_needs_whole_words() -> None:
+    assert contains_answer(" Banana, of course", "banana") and contains_answer("New  York City", "new york")
+    assert not contains_answer(" bananas", "banana") and not contains_answer("", "banana")
+    assert not contains_answer("anything", "  ")  # an empty answer never matches
+
+
 def test_summary_rejects_mixed_families() -> None:
     table = pd.concat(
-        [_handmade_counterfact(), pd.DataFrame([_row("z", "rewrite", 0.3, None, family="zsre", acc_new=1.0)])]
+        [_handmade_counterfact(), _flagged([_row("z", "rewrite", 0.3, None, family="zsre", acc_new=1.0)])]
     )
-    table["success"] = success_flags(table)
     with pytest.raises(ValueError, match="one metric family"):
         summarize_edit_metrics(edit_metrics(table))
 
@@ -293,9 +339,11 @@ def test_batched_equals_single_and_reference(arch: str, side: str) -> None:
         if isinstance(row.target_true, str):
             true_logprobs, _ = _reference(model, tokenizer, row.prompt, row.target_true)
             assert row.nll_true == pytest.approx(-sum(true_logprobs) / len(true_logprobs), abs=1e-5)
-        assert list(row.greedy_ids) == _reference_greedy(
-            model, tokenizer, row.prompt, max(row.n_tokens_new, row.n_tokens_true)
-        )
+        n = max(row.n_tokens_new, row.n_tokens_true)
+        reference = _reference_greedy(model, tokenizer, row.prompt, n + GENERATION_EXTRA_TOKENS)
+        assert list(row.greedy_ids) == reference[:n] and list(row.generation_ids) == reference
+        assert row.generation == tokenizer.decode(reference, skip_special_tokens=True)
+        assert row.gen_new == float(contains_answer(row.generation, row.target_new))
 
 
 def test_rows_targets_and_families() -> None:

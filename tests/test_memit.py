@@ -308,8 +308,8 @@ def test_bad_input_gets_clear_errors(tmp_path) -> None:
         build_editor("memit", hp).edit(model, tok, [blank], EditContext(stats=store))
     with pytest.raises(EditInputError, match="No edit requests"):
         build_editor("memit", hp).edit(model, tok, [], EditContext(stats=store))
-    with pytest.raises(ValueError, match="Unknown editor 'rome'"):
-        build_editor("rome")
+    with pytest.raises(ValueError, match="Unknown editor 'grace'"):
+        build_editor("grace")
     with pytest.raises(ValueError, match="v_lr must be > 0"):
         build_editor("memit", {"v_lr": 0})
     with pytest.raises(ValueError, match="v_loss_layer=2"):

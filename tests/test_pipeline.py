@@ -44,7 +44,10 @@ def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Pa
         assert summary["edits"]["groups"][group]["es"] is not None
     metrics = pd.read_parquet(first.run_dir / "metrics.parquet")
     assert set(metrics["group"]) == set(GROUPS)
-    assert metrics[["es", "ps", "ns"]].notna().all().all()
+    assert metrics[["es", "ps", "ns", "gen_es", "gen_ps", "gen_ns"]].notna().all().all()
+    assert set(summary["edits"]["decay"]["generation"]["outcomes"]) == {"stable", "erased", "emergent", "impossible"}
+    outcomes = pd.read_parquet(first.run_dir / "outcomes.parquet")
+    assert outcomes["outcome_gen"].isin(["stable", "erased", "emergent", "impossible"]).all()
     # Locality against M (the toolkit variant): M agrees with itself everywhere, the others in [0, 100].
     agreement = metrics.set_index("group")["ns_agreement"]
     assert agreement["M"] == 100.0 and agreement.between(0, 100).all()
@@ -160,3 +163,37 @@ def test_a_run_with_a_decay_curve_starts_at_med_and_ends_at_med_ft(tmp_path: Pat
     summary = pd.read_parquet(result.run_dir / "decay_curve.parquet")
     assert set(summary["run_id"]) == {result.run_id}
     assert summary.loc[summary["step"] == 0, "flip_ratio"].eq(0).all()
+
+
+NEW_EDITORS = {
+    "rome": {"layers": [2], "mom2_n_tokens": 512, "v_num_grad_steps": 4, "context_template_count": 2},
+    "ftl": {"layers": [2], "num_steps": 4, "lr": 1e-2, "norm_constraint": 1e-2},
+    "mend": {"layers": [2, 3], "train_data": "builtin", "train_steps": 4, "hidden": 16, "train_batch_size": 2},
+}
+
+
+def test_every_new_editor_runs_through_the_grid_with_decay_metrics_and_a_report(tmp_path: Path) -> None:
+    """ROME, FT-L and MEND through the local executor: patches, fine-tuning, both metric families, the report."""
+    from editdecay.experiments import LocalExecutor
+    from editdecay.reporting import demo_table, write_report
+
+    raw = write_tiny_experiment(tmp_path)
+    raw["evaluation"]["activations"] = False
+    configs = []
+    for name, hparams in NEW_EDITORS.items():
+        configs.append(
+            ExperimentConfig.model_validate({**raw, "name": name, "editor": {"name": name, "hparams": hparams}})
+        )
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    LocalExecutor().run(configs, store, runs)
+    for run_dir in sorted(runs.iterdir()):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        decay = summary["edits"]["decay"]
+        assert decay["efr"] is None or 0 <= decay["efr"] <= 1
+        assert set(decay["generation"]) >= {"efr", "delta_es_pp", "outcomes"}
+        med = summary["edits"]["groups"]["Med"]
+        assert med["es"] is not None and med["gen_es"] is not None and "gen_es" in med["metric_definitions"]
+    assert (ArtifactStore(store).editors_root / "mend").is_dir()  # MEND's network lives in the store
+    table = demo_table(runs)
+    assert all(name in table for name in NEW_EDITORS) and "genEFR%" in table
+    assert any(p.name == "table3_delta_es_efr.md" for p in write_report(runs, tmp_path / "report"))

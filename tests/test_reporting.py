@@ -19,8 +19,16 @@ from editdecay.reporting.tables import (
 
 
 def make_run(
-    root: Path, run_id: str, editor: str, method: str, layers: str, es: dict[str, float], complete: bool = True
+    root: Path,
+    run_id: str,
+    editor: str,
+    method: str,
+    layers: str,
+    es: dict[str, float],
+    complete: bool = True,
+    generation: bool = True,
 ) -> None:
+    """A stored run; `generation=False` writes it as runs before the generation family (no gen_* columns)."""
     run = root / run_id
     run.mkdir(parents=True)
     pd.DataFrame(
@@ -48,6 +56,7 @@ def make_run(
             "ns": 100 - v,
             "es_magnitude": v - 50,
             "downstream_avg": 50.0 + i,
+            **({"gen_es": v / 4} if generation else {}),
         }
         for i, (g, v) in enumerate(es.items())
     ]
@@ -78,6 +87,16 @@ def make_run(
                 "successes_after_edit": 4,
                 "reverse_flip_ratio": 0.0,
                 "reverse_flips": 0,
+                **(
+                    {
+                        "generation.delta_es_pp": (before - after) / 4,
+                        "generation.efr": 0.5,
+                        "generation.flips": 1,
+                        "generation.successes_after_edit": 2,
+                    }
+                    if generation
+                    else {}
+                ),
             }
         ]
     ).to_parquet(run / "decay.parquet")
@@ -121,7 +140,9 @@ def runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     make_run(root, "r1", "memit", "lora", "all", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 80.0})
     make_run(root, "r2", "memit", "dora", "all", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 60.0})
-    make_run(root, "r3", "alphaedit", "lora", "all", {"M": 10.0, "Med": 90.0, "Mft": 10.0, "Med_ft": 45.0})
+    make_run(
+        root, "r3", "alphaedit", "lora", "all", {"M": 10.0, "Med": 90.0, "Mft": 10.0, "Med_ft": 45.0}, generation=False
+    )
     make_run(root, "r4", "memit", "lora", "edited", {"M": 10.0, "Med": 100.0, "Mft": 10.0, "Med_ft": 20.0})
     make_run(root, "r5", "memit", "full", "all", {"M": 0.0, "Med": 1.0, "Mft": 0.0, "Med_ft": 0.0}, complete=False)
     return root
@@ -142,6 +163,8 @@ def test_table1_es_before_after_per_method(runs: Path) -> None:
     assert table.loc["memit", "dora es_after"] == 60.0
     assert table.loc["alphaedit", "lora es_after"] == 45.0
     assert pd.isna(table.loc["alphaedit", "dora es_after"])
+    assert (table.loc["memit", "lora gen_es_before"], table.loc["memit", "lora gen_es_after"]) == (25.0, 20.0)
+    assert pd.isna(table.loc["alphaedit", "lora gen_es_after"])  # r3 was written before the generation family
     assert [c for c in table.columns if " es_" in c] == [
         "dora es_before",
         "dora es_after",
@@ -165,6 +188,13 @@ def test_table3_and_table5(runs: Path) -> None:
     assert len(table3) == 4
     assert sorted(table3["delta_es_pp"]) == [20.0, 40.0, 45.0, 80.0]
     assert set(table3["efr"]) == {25.0}
+    by_run = table3.set_index(["editor", "ft_method", "ft_layers"])
+    assert by_run.loc[("memit", "dora", "all"), ["gen_delta_es_pp", "gen_efr", "gen_efr_count"]].tolist() == [
+        10.0,
+        50.0,
+        1,
+    ]
+    assert pd.isna(by_run.loc[("alphaedit", "lora", "all"), "gen_efr"])
     table5 = selective_layers(con).set_index(["editor", "ft_method", "ft_layers"])
     assert table5.loc[("memit", "lora", "edited"), "es"] == 20.0
     assert table5.loc[("memit", "lora", "edited"), "ps"] == 10.0
@@ -209,6 +239,7 @@ def test_demo_table_rows_and_values(runs: Path) -> None:
     memit = dict(zip(header, rows[("memit", "lora/all")], strict=True))
     assert (memit["ES(Med)"], memit["ES(Med_ft)"], memit["margin(Med_ft)"]) == ("100", "80", "30")
     assert (memit["ΔES"], memit["EFR%"], memit["flips"]) == ("20", "25", "1/4")
+    assert (memit["genES(Med)"], memit["genES(Med_ft)"], memit["genEFR%"]) == ("25", "20", "50")
     side_header = _markdown_rows(side_part, header=True)
     side = dict(
         zip(side_header, {tuple(c[:2]): c for c in _markdown_rows(side_part)}[("alphaedit", "lora/all")], strict=True)

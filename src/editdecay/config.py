@@ -134,6 +134,25 @@ class EditorConfig(_Strict):
         return self
 
 
+def settings_for_editor(raw: dict[str, Any]) -> dict[str, Any]:
+    """A grid combination's raw config with the `editor.hparams` keys that only *other* registered editors take
+    left out, so one base can carry the settings of every editor a grid runs over (`mom2_n_tokens` for MEMIT,
+    `train_data` for MEND). A key no registered editor takes stays, and fails validation."""
+    editor = raw.get("editor") or {}
+    name, hparams = editor.get("name", "memit"), editor.get("hparams") or {}
+    if name not in EDITORS or not hparams:
+        return raw
+    others = [other for other in EDITORS if other != name]
+    foreign = {
+        key
+        for key in unknown_editor_hparams(name, hparams)
+        if any(not unknown_editor_hparams(other, {key: hparams[key]}) for other in others)
+    }
+    if foreign:
+        editor["hparams"] = {k: v for k, v in hparams.items() if k not in foreign}
+    return raw
+
+
 def unknown_editor_hparams(editor: str, hparams: dict[str, Any]) -> list[str]:
     """Keys of `hparams` that the editor's hyperparameter class does not take (the harness keys of published hparams
     files are taken: recorded and ignored)."""
@@ -334,6 +353,9 @@ class GridConfig(_Strict):
                 for key, value in zip(keys, combination, strict=True):
                     for part in key.split("+"):
                         set_dotted(raw, part.strip(), value)
+                axes = {part.strip() for key in keys for part in key.split("+")}
+                if axes & {"editor", "editor.name"}:  # a grid over editors: each takes its own settings
+                    raw = settings_for_editor(raw)
                 label = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, combination, strict=True))
                 prefix = f"{self.name}/{cell_name}" if cell_name else self.name
                 raw["name"] = f"{prefix}[{label}]" if label else prefix
@@ -416,11 +438,21 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentCo
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> GridConfig:  # type: ignore[assignment]
-    """Overrides address the base experiment (`finetune.method=dora`) or a grid list (`grid.editor.name=[memit]`)."""
+    """Overrides address the base experiment (`finetune.method=dora`), a grid list (`grid.editor.name=[memit]`) or
+    which cells run (`cells=[study]`: only the named cells of the file)."""
     raw = read_yaml(path)
     raw.setdefault("base", {})
     for key, value in parse_overrides(list(overrides)):
-        if key.startswith("grid."):
+        if key == "cells":
+            names = value if isinstance(value, list) else [value]
+            cells = raw.get("cells") or {}
+            unknown = sorted(set(map(str, names)) - set(cells))
+            if unknown or not names:
+                raise ConfigError(
+                    f"cells={value}: {path} has the cells {sorted(cells) or 'none'}; got {unknown or names}"
+                )
+            raw["cells"] = {name: cells[name] for name in cells if name in set(map(str, names))}
+        elif key.startswith("grid."):
             raw.setdefault("grid", {})[key.removeprefix("grid.")] = value if isinstance(value, list) else [value]
         else:
             set_dotted(raw["base"], key, value)

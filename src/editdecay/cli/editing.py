@@ -130,6 +130,11 @@ def edit_command(
     corpus: str = typer.Option(None, "--corpus", help="Statistics corpus (hparam mom2_dataset)."),
     tokens: int = typer.Option(None, "--tokens", min=1, help="Statistics sample size (hparam mom2_n_tokens)."),
     stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
+    artifacts_dir: Path = typer.Option(
+        None,
+        "--artifacts-dir",
+        help="What editors train for a model, e.g. MEND's network (default: ~/.cache/editdecay/editors).",
+    ),
     evaluate: bool = typer.Option(
         False, "--evaluate/--no-evaluate", help="Score ES/PS/NS before and after the edit and add them to the summary."
     ),
@@ -169,9 +174,15 @@ def edit_command(
     except (FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--hparams") from err
     overrides.update(explicit)
-    for key, value in (("layers", _layers(layers)), ("mom2_dataset", corpus), ("mom2_n_tokens", tokens)):
-        if value is not None:
-            overrides[key] = value
+    options = {"layers": _layers(layers), "mom2_dataset": corpus, "mom2_n_tokens": tokens}
+    given = {key: value for key, value in options.items() if value is not None}
+    unused = unknown_editor_hparams(editor, given)
+    if unused:
+        flags = {"mom2_dataset": "--corpus", "mom2_n_tokens": "--tokens"}
+        raise typer.BadParameter(
+            f"{editor} uses no second-moment statistic", param_hint="/".join(flags[key] for key in unused)
+        )
+    overrides.update(given)
     try:
         chosen = build_editor(editor, overrides or None, preset=preset)
     except ValueError as err:
@@ -190,7 +201,10 @@ def edit_command(
         summary["before"] = _scores(loaded, requests)
     try:
         context = EditContext(
-            stats=StatsStore(_stats_root(stats_dir)), seed=editor_seed, fingerprint=loaded.fingerprint
+            stats=StatsStore(_stats_root(stats_dir)),
+            seed=editor_seed,
+            fingerprint=loaded.fingerprint,
+            artifacts=artifacts_dir,
         )
         patch = chosen.edit(loaded.model, loaded.tokenizer, requests, context)
     except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError, FileNotFoundError) as err:
@@ -203,9 +217,10 @@ def edit_command(
             "layers": patch.layers,
             "update_norms": manifest["update_norms"],
             "timings": manifest["timings"],
-            "statistics": manifest["statistics"],
-            "batches": manifest["batches"],
+            "statistics": manifest.get("statistics", {}),
+            "batches": manifest.get("batches", []),
             "hparams": manifest["hparams"],
+            **{key: value for key, value in manifest.items() if key in ("target_nll", "training")},
             **({"nullspace": manifest["nullspace"]} if "nullspace" in manifest else {}),
         }
     )
@@ -236,10 +251,14 @@ def _report(summary: dict[str, Any], out: Path) -> None:
     )
     typer.echo("  update norms: " + ", ".join(f"L{k} {v:.3g}" for k, v in summary["update_norms"].items()))
     carried = [b.get("carried_fraction_mean") for b in summary["batches"]]
-    typer.echo(
-        "  share of the wanted change carried at the last edit layer: "
-        + ", ".join(f"{c:.2f}" for c in carried if c is not None)
-    )
+    if carried:
+        typer.echo(
+            "  share of the wanted change carried at the last edit layer: "
+            + ", ".join(f"{c:.2f}" for c in carried if c is not None)
+        )
+    if "target_nll" in summary:
+        nll = summary["target_nll"]
+        typer.echo(f"  mean target NLL: {nll['before']:.3f} -> {nll['after']:.3f}")
     for when in ("before", "after"):
         if when in summary:
             scores = summary[when]

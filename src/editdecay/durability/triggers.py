@@ -12,7 +12,6 @@ the target. Metrics, on greedy continuations (no teacher forcing) of len(target 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from editdecay.data import EditRequest
 from editdecay.data.trigger_records import TriggerRecord
 from editdecay.evaluation.batching import continuation_text, encode, greedy_generate
+from editdecay.evaluation.generation_success import contains_answer
 from editdecay.models import pad_id_of
 
 
@@ -34,16 +34,6 @@ def trigger_requests(records: Sequence[TriggerRecord], *, heldout: bool = False)
         for r in records
         for i, t in enumerate(r.heldout_prompts if heldout else r.prompts)
     ]
-
-
-def _normalise(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
-
-
-def contains_answer(text: str, answer: str) -> bool:
-    """Whether `answer` occurs in `text` as whole words, ignoring case, punctuation and spacing (§12)."""
-    wanted = _normalise(answer)
-    return bool(wanted) and f" {wanted} " in f" {_normalise(text)} "
 
 
 def attack_success_rate(continuations: Sequence[str], target: str) -> float:

@@ -9,28 +9,19 @@ The caller's model is edited in place while `edit` runs and restored bit for bit
 from __future__ import annotations
 
 import logging
-import platform
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
-import transformers
 from torch import nn
 
-import editdecay
 from editdecay.data import EditRequest
+from editdecay.editing.configured import ConfiguredEditor
 from editdecay.editing.context_templates import sample_context_templates
-from editdecay.editing.hparams import (
-    MemitHyperParams,
-    fallback_hparams,
-    preset_for_model,
-    preset_values,
-    read_hparams_file,
-)
+from editdecay.editing.hparams import MemitHyperParams, fallback_hparams, preset_for_model, preset_values
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.protocol import EditContext
@@ -39,7 +30,7 @@ from editdecay.editing.subject import EditInputError, check_request
 from editdecay.editing.subject_keys import BlockInputs, compute_keys
 from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.target_values import TargetResult, compute_targets
-from editdecay.models import DtypeResolver, ModelShape, arch_for, default_cache_dir, model_fingerprint
+from editdecay.models import ModelShape, arch_for, default_cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -63,58 +54,34 @@ class EditRun:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
 
-class LocateEditor(ABC, Generic[HP]):
-    """Base of MEMIT-style editors. `hparams`: overrides (dict or hparams file) on top of the preset."""
+class LocateEditor(ConfiguredEditor[HP]):
+    """Base of MEMIT-style editors."""
 
-    name: ClassVar[str]
     hparams_class: ClassVar[type[MemitHyperParams]]
 
-    def __init__(
-        self,
-        hparams: dict[str, Any] | str | Path | MemitHyperParams | None = None,
-        *,
-        preset: str | None = None,
-        dtypes: DtypeResolver | None = None,
-    ) -> None:
-        self.dtypes = dtypes or DtypeResolver()
-        if isinstance(hparams, MemitHyperParams):
-            self.overrides: dict[str, Any] = hparams.to_dict()
-            self.source = "hyperparameter object"
-        elif isinstance(hparams, (str, Path)):
-            self.overrides = read_hparams_file(hparams)
-            self.source = str(hparams)
-        else:
-            self.overrides = dict(hparams or {})
-            self.source = "overrides"
-        if preset is not None:
-            preset_values(preset)  # fail early on an unknown name
-        self.preset = preset
-        # Validate the overrides on their own now, so a typo fails before any model work.
-        self.hparams_class.from_dict(self.overrides, source=self.source)
+    @classmethod
+    def preset_settings(cls, name: str) -> dict[str, Any]:
+        return preset_values(name)
+
+    @classmethod
+    def preset_name_for(cls, shape: ModelShape) -> str | None:
+        return preset_for_model(shape)
+
+    @classmethod
+    def fallback_settings(cls, shape: ModelShape) -> dict[str, Any]:
+        return fallback_hparams(shape)
 
     def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> HP:
         """Defaults < preset (named, or recognised from the model) < overrides; checked against the model, with
         `v_dtype: auto` resolved for `device` (default: the model's). A ModelShape resolves them without weights."""
         shape = ModelShape.of(model)
-        preset = self.preset or preset_for_model(shape)
-        if preset is not None:
-            base = preset_values(preset)
-        else:
-            base = fallback_hparams(shape)
-            log.warning(
-                "No %s preset for this model; using the fallback (layers %s, mom2_update_weight %g). "
-                "Tune them for this model (bench/edit_speed.py shows how).",
-                self.name,
-                base["layers"],
-                base["mom2_update_weight"],
-            )
-        hp = self.hparams_class.from_dict({**base, **self.overrides}, source=self.source).for_model(shape)
+        hp = self.merged_hparams(shape).for_model(shape)
         model_dtype = None if isinstance(model, ModelShape) else next(model.parameters()).dtype
         if device is None:
             if isinstance(model, ModelShape):
                 raise ValueError("resolved_hparams of a ModelShape needs the device the edit will run on.")
             device = str(next(model.parameters()).device)
-        return hp.with_resolved_dtype(self.dtypes, device, shape, model_dtype)  # type: ignore[return-value]
+        return hp.with_resolved_dtype(self.dtypes, device, shape, model_dtype)
 
     def edit(
         self,
@@ -350,14 +317,7 @@ class LocateEditor(ABC, Generic[HP]):
     ) -> dict[str, Any]:
         hp = run.hparams
         return {
-            "editor": self.name,
-            "hparams": hp.to_dict(),
-            "hparams_source": self.source,
-            "preset": self.preset,
-            "layers": list(hp.layers),
-            "parameters": [names[layer] for layer in hp.layers],
-            "request_ids": [r.case_id for r in requests],
-            "base_fingerprint": run.fingerprint,
+            **self.base_manifest(hp, requests, [names[layer] for layer in hp.layers], run.fingerprint),
             "protocol": {
                 "n_requests": len(requests),
                 "batch_size": hp.batch_size or len(requests),
@@ -373,12 +333,6 @@ class LocateEditor(ABC, Generic[HP]):
             "timings": {k: round(v, 3) for k, v in run.timings.items()},
             "dtype_probes": [probe.to_dict() for probe in self.dtypes.results.values()],
             **run.extra,
-            "versions": {
-                "editdecay": editdecay.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "python": platform.python_version(),
-            },
         }
 
     @abstractmethod

@@ -49,43 +49,18 @@ _HARNESS_KEYS = frozenset(
     }
 )
 
-HP = TypeVar("HP", bound="MemitHyperParams")
+HP = TypeVar("HP", bound="EditorHyperParams")
+MHP = TypeVar("MHP", bound="MemitHyperParams")
 
 
 @dataclass
-class MemitHyperParams:
-    """MEMIT hyperparameters (docs/algorithms.md §1). Extensions beyond the published keys are marked."""
+class EditorHyperParams:
+    """What every editor's hyperparameter class shares: read from a dict or an hparams file (numbers written as
+    strings coerced to the field's type, harness keys of published files recorded in `ignored`), written back by
+    `to_dict`, validated by `check` with messages that name the field."""
 
     layers: list[int] = field(default_factory=list)  # empty: resolved from the model
-    layer_selection: str = "all"
-    fact_token: str = "subject_last"
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_loss_layer: int | None = None  # the last block; the loss is always taken on the model's logits
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    mom2_adjustment: bool = True  # False: C = I (no second-moment statistic)
-    mom2_update_weight: float = 15000.0
-    mom2_dataset: str = "model-sampled"  # a corpus spec for `data.stats_text.open_corpus`
-    mom2_n_samples: int | None = None  # reference meaning: number of documents; recorded, see mom2_n_tokens
-    mom2_dtype: str = "float32"
-    # --- editdecay extensions ---
-    mom2_n_tokens: int = 20_000  # statistic sample size in tokens (the knob that sets its cost)
-    mom2_max_length: int = 128  # documents are cut into pieces of at most this many tokens
-    batch_size: int | None = None  # edits per sequential batch; None: all requests in one batch
-    context_template_count: int = 5  # prefixed contexts besides the bare "{}"
-    context_template_tokens: int = 10  # length of each sampled prefix
-    v_early_stop_loss: float = 0.05
-    z_batch_size: int = 16  # requests optimised together (memory/speed knob; does not change the result)
-    # dtype of the target optimisation's steps: "auto" (bfloat16 where a probe measures it faster, else
-    # float32), an explicit dtype, or None (the model's own)
-    v_dtype: str | None = AUTO
     ignored: dict[str, Any] = field(default_factory=dict)  # keys of a loaded file that we do not use
-
-    @property
-    def sequential(self) -> bool:
-        return self.batch_size is not None
 
     @classmethod
     def from_dict(cls: type[HP], data: dict[str, Any], *, source: str = "hparams") -> HP:
@@ -120,6 +95,49 @@ class MemitHyperParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def replace(self: HP, **changes: Any) -> HP:
+        merged = {**self.to_dict(), **changes}
+        return type(self).from_dict(merged)
+
+    def check(self) -> None:
+        """Model-independent validation (subclasses add theirs)."""
+        if self.layers and sorted(set(self.layers)) != list(self.layers):
+            raise ValueError(f"Invalid {type(self).__name__}: layers={self.layers}: must be strictly increasing")
+
+
+@dataclass
+class MemitHyperParams(EditorHyperParams):
+    """MEMIT hyperparameters (docs/algorithms.md §1). Extensions beyond the published keys are marked."""
+
+    layer_selection: str = "all"
+    fact_token: str = "subject_last"
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_loss_layer: int | None = None  # the last block; the loss is always taken on the model's logits
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = True  # False: C = I (no second-moment statistic)
+    mom2_update_weight: float = 15000.0
+    mom2_dataset: str = "model-sampled"  # a corpus spec for `data.stats_text.open_corpus`
+    mom2_n_samples: int | None = None  # reference meaning: number of documents; recorded, see mom2_n_tokens
+    mom2_dtype: str = "float32"
+    # --- editdecay extensions ---
+    mom2_n_tokens: int = 20_000  # statistic sample size in tokens (the knob that sets its cost)
+    mom2_max_length: int = 128  # documents are cut into pieces of at most this many tokens
+    batch_size: int | None = None  # edits per sequential batch; None: all requests in one batch
+    context_template_count: int = 5  # prefixed contexts besides the bare "{}"
+    context_template_tokens: int = 10  # length of each sampled prefix
+    v_early_stop_loss: float = 0.05
+    z_batch_size: int = 16  # requests optimised together (memory/speed knob; does not change the result)
+    # dtype of the target optimisation's steps: "auto" (bfloat16 where a probe measures it faster, else
+    # float32), an explicit dtype, or None (the model's own)
+    v_dtype: str | None = AUTO
+
+    @property
+    def sequential(self) -> bool:
+        return self.batch_size is not None
+
     def target_settings(self) -> TargetSettings:
         """The target optimisation's settings (z at the last edit layer; `layers` must be resolved)."""
         if not self.layers:
@@ -134,10 +152,6 @@ class MemitHyperParams:
             early_stop_loss=self.v_early_stop_loss,
             compute_dtype=self.v_dtype,
         )
-
-    def replace(self: HP, **changes: Any) -> HP:
-        merged = {**self.to_dict(), **changes}
-        return type(self).from_dict(merged)
 
     def check(self) -> None:
         """Model-independent validation, with messages that name the field."""
@@ -166,7 +180,7 @@ class MemitHyperParams:
         if problems:
             raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
 
-    def for_model(self: HP, model: nn.Module | ModelShape) -> HP:
+    def for_model(self: MHP, model: nn.Module | ModelShape) -> MHP:
         """Fill the layers from the model when unset and check everything that depends on the model."""
         shape = ModelShape.of(model)
         hp = self if self.layers else self.replace(layers=list(default_edit_layers(shape)))
@@ -180,8 +194,8 @@ class MemitHyperParams:
         return hp
 
     def with_resolved_dtype(
-        self: HP, dtypes: DtypeResolver, device: str, shape: ModelShape, model_dtype: torch.dtype | None = None
-    ) -> HP:
+        self: MHP, dtypes: DtypeResolver, device: str, shape: ModelShape, model_dtype: torch.dtype | None = None
+    ) -> MHP:
         """`v_dtype` made concrete: `auto` becomes what the probe measured faster on `device` (a float64 model
         keeps float64: that precision was chosen on purpose, not for speed)."""
         if self.v_dtype == AUTO and model_dtype == torch.float64:

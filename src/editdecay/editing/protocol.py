@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
@@ -26,13 +27,16 @@ class EditContext:
 
     `stats`: the second-moment statistics cache (None: `default_cache_dir()/stats`); `targets`: a cache of
     target values shared between editors; `seed`: the editor's own randomness (context templates);
-    `fingerprint`: the base model's identity when the caller knows it (saves hashing the weights).
+    `fingerprint`: the base model's identity when the caller knows it (saves hashing the weights); `artifacts`: where
+    editors keep what they train for a model (MEND's networks under `artifacts/mend`; None:
+    `default_cache_dir()/editors`).
     """
 
     stats: StatsStore | None = None
     targets: TargetStore | None = None
     seed: int = 0
     fingerprint: str | None = None
+    artifacts: Path | None = None
 
 
 class ResolvedHyperParams(Protocol):

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from editdecay.editing.alphaedit import AlphaEditEditor
+from editdecay.editing.ftl import FtlEditor, FtlHyperParams
 from editdecay.editing.hparams import AlphaEditHyperParams, MemitHyperParams
 from editdecay.editing.memit import MemitEditor
+from editdecay.editing.mend import MendEditor, MendHyperParams
 from editdecay.editing.protocol import Editor
+from editdecay.editing.rome import RomeEditor, RomeHyperParams
 from editdecay.models import DtypeResolver
 
 
@@ -44,6 +47,9 @@ def register_editor(name: str, hparams_cls: type, editor_cls: EditorFactory) -> 
 
 register_editor(MemitEditor.name, MemitHyperParams, MemitEditor)
 register_editor(AlphaEditEditor.name, AlphaEditHyperParams, AlphaEditEditor)
+register_editor(RomeEditor.name, RomeHyperParams, RomeEditor)
+register_editor(FtlEditor.name, FtlHyperParams, FtlEditor)
+register_editor(MendEditor.name, MendHyperParams, MendEditor)
 
 
 def build_editor(

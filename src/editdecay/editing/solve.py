@@ -21,7 +21,7 @@ def memit_delta(
     """Delta = R K^T (lam C + K K^T)^-1, in float64 via a Cholesky solve (no explicit inverse)."""
     where = f"layer {layer}" if layer is not None else "the solve"
     R64, K64, C64 = R.double(), K.double(), C.double()
-    _check_finite(where, R=R64, K=K64, C=C64)
+    check_finite(where, R=R64, K=K64, C=C64)
     A = lam * C64 + K64 @ K64.T
     factor, info = torch.linalg.cholesky_ex(A)
     if int(info) != 0:
@@ -58,7 +58,7 @@ def nullspace_projector(
     """
     where = f"layer {layer}" if layer is not None else "the statistic"
     C64 = C.double()
-    _check_finite(where, C=C64)
+    check_finite(where, C=C64)
     values, vectors = torch.linalg.eigh((C64 + C64.T) / 2)  # ascending eigenvalues
     if energy is None:
         keep = values < threshold
@@ -77,7 +77,7 @@ def alphaedit_delta(
     """Delta^T = (P (K K^T + C_p) + alpha I)^-1 P K R^T, solved in float64 (LU; the system is not symmetric)."""
     where = f"layer {layer}" if layer is not None else "the solve"
     R64, K64, P64, Cp64 = R.double(), K.double(), P.double(), C_prev.double()
-    _check_finite(where, R=R64, K=K64, C_p=Cp64)
+    check_finite(where, R=R64, K=K64, C_p=Cp64)
     m = K64.shape[0]
     A = P64 @ (K64 @ K64.T + Cp64) + alpha * torch.eye(m, dtype=torch.float64, device=K64.device)
     B = P64 @ K64 @ R64.T
@@ -87,7 +87,7 @@ def alphaedit_delta(
     return solution.T
 
 
-def _check_finite(where: str, **tensors: torch.Tensor) -> None:
+def check_finite(where: str, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             hint = (

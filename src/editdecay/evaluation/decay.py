@@ -31,6 +31,8 @@ DECAY_DEFINITIONS = {
     "impossible: failure in both. Erased edits went back to the 'original' answer (M's greedy answer, "
     "or target_true when M is not given) or to a 'third' answer",
     "knowledge": "Per transition A->B: forget_ratio = Pr(knows_true in B = 0 | knows_true in A = 1), with counts",
+    "generation": "The same ΔES, EFR, reverse flips and outcome classes for the generation-based family "
+    "(indicator gen_success, ES gen_es; docs/algorithms.md §12)",
 }
 
 
@@ -103,9 +105,28 @@ def decay_summary(per_edit: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         )
         classes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"))
         summary["outcomes"] = _outcome_counts(classes)
+        if "gen_success" in med.columns:
+            summary["generation"] = _generation_decay(per_edit, med, med_ft)
     summary["knowledge"] = _knowledge(tables)
     summary["metric_definitions"] = DECAY_DEFINITIONS
     return summary
+
+
+def _generation_decay(per_edit: Mapping[str, pd.DataFrame], med: pd.DataFrame, med_ft: pd.DataFrame) -> dict[str, Any]:
+    """Decay of the generation family (§12) on the edits paired between Med and Med_ft."""
+    before, after = _pct(med["gen_es"]), _pct(med_ft["gen_es"])
+    flips = flip_counts(med["gen_success"], med_ft["gen_success"])
+    classes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"), indicator="gen_success")
+    return {
+        "delta_es_pp": None if before is None or after is None else before - after,
+        "efr": flips["flip_ratio"],
+        "flips": flips["flips"],
+        "successes_after_edit": flips["successes_before"],
+        "reverse_flip_ratio": flips["reverse_flip_ratio"],
+        "reverse_flips": flips["reverse_flips"],
+        "failures_after_edit": flips["failures_before"],
+        "outcomes": {name: int((classes["outcome"] == name).sum()) for name in OUTCOMES},
+    }
 
 
 def _outcome_counts(classes: pd.DataFrame) -> dict[str, Any]:
@@ -154,16 +175,21 @@ def _normalize(answer: object) -> str:
 
 
 def outcome_classes(
-    per_edit_med: pd.DataFrame, per_edit_med_ft: pd.DataFrame, per_edit_m: pd.DataFrame | None = None
+    per_edit_med: pd.DataFrame,
+    per_edit_med_ft: pd.DataFrame,
+    per_edit_m: pd.DataFrame | None = None,
+    *,
+    indicator: str = "success",
 ) -> pd.DataFrame:
-    """Per edit: outcome (stable / erased / emergent / impossible) from the success indicators in Med and
-    Med_ft, the greedy answers of each group, and for erased edits whether Med_ft returned to the original
-    answer (M's greedy answer; target_true when M is not given) or drifted to a third answer."""
+    """Per edit: outcome (stable / erased / emergent / impossible) from the `indicator` (success: the
+    probability family; gen_success: the generation family) in Med and Med_ft, the greedy answers of each group,
+    and for erased edits whether Med_ft returned to the original answer (M's greedy answer; target_true when M is
+    not given) or drifted to a third answer."""
     med = _indexed(per_edit_med, "Med")
     med_ft = _indexed(per_edit_med_ft, "Med_ft")
     order = [c for c in pd.unique(per_edit_med["case_id"]) if c in med_ft.index]
-    before = med.loc[order, "success"].astype(bool).to_numpy()
-    after = med_ft.loc[order, "success"].astype(bool).to_numpy()
+    before = med.loc[order, indicator].astype(bool).to_numpy()
+    after = med_ft.loc[order, indicator].astype(bool).to_numpy()
     outcome = np.select([before & after, before & ~after, ~before & after], list(OUTCOMES[:3]), OUTCOMES[3])
     out = pd.DataFrame(
         {

@@ -2,7 +2,8 @@
 
 Every variant keeps its own name: the probability-comparison "success" metrics (es / ps / ns), the
 "magnitude" variants (probability differences), the strict "accuracy" variants (greedy output equals every
-target token) and the zsRE agreement-with-the-pre-edit-model locality.
+target token), the generation-based family (gen_*: the target appears in greedy text, §12) and the zsRE
+agreement-with-the-pre-edit-model locality.
 """
 
 from __future__ import annotations
@@ -12,6 +13,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+_GENERATED = (
+    "the greedy continuation (no teacher forcing) of max(target tokens) + 3 tokens contains {what} as a whole word, "
+    "case-insensitive"
+)
+_GENERATION: dict[str, dict[str, str]] = {
+    family: {
+        "gen_es": "Generation efficacy: share of rewrite prompts where " + _GENERATED.format(what="target_new"),
+        "gen_ps": "Generation paraphrase success: the same on paraphrase prompts",
+        "gen_ns": (
+            "Generation neighborhood success: share of neighborhood prompts where the continuation does not "
+            "contain target_new (the edit did not spill over)"
+            if family == "counterfact"
+            else "Generation specificity: share of loc questions where " + _GENERATED.format(what="loc_ans")
+        ),
+        "gen_es_true": "Share of rewrite prompts where "
+        + _GENERATED.format(what="target_true")
+        + " (the replaced answer is still said; NaN without target_true)",
+        "gen_ps_true": "The same on paraphrase prompts",
+        "gen_success": "Generation success indicator per edit in {0, 1}: every rewrite prompt's continuation "
+        "contains target_new (the indicator of the generation EFR and outcome classes)",
+    }
+    for family in ("counterfact", "zsre")
+}
 
 METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
     "counterfact": {
@@ -31,6 +56,7 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
         "(control facts: the fact is still known)",
         "ns_agreement": "Neighborhood agreement with the pre-edit model: share of neighborhood-answer positions "
         "where the teacher-forced argmax equals the pre-edit model's (toolkit locality variant)",
+        **_GENERATION["counterfact"],
     },
     "zsre": {
         "es": "Efficacy (token accuracy): share of target tokens T of ' ' + target_new for which the argmax after "
@@ -50,6 +76,7 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
         "success": "Edit success indicator s_i: every target token correct on the question (token accuracy = 1)",
         "knows_true": "The model produces the reference answer: every token of target_new (MEMIT protocol: the "
         "gold answer) greedy-correct; with a competing target, nll(target_true) < nll(target_new)",
+        **_GENERATION["zsre"],
     },
 }
 
@@ -65,6 +92,12 @@ PER_EDIT_METRICS = (
     "ns_accuracy",
     "success",
     "knows_true",
+    "gen_es",
+    "gen_ps",
+    "gen_ns",
+    "gen_es_true",
+    "gen_ps_true",
+    "gen_success",
 )
 _PREFIX = {"rewrite": "es", "paraphrase": "ps", "neighborhood": "ns"}
 
@@ -87,7 +120,8 @@ def success_flags(table: pd.DataFrame) -> pd.Series:
 
 def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     """One row per edit (case_id): es, ps, ns (NaN where the edit has no such prompts), their magnitude and
-    strict-accuracy variants, the success indicator, knows_true, and the greedy answer to the rewrite prompt."""
+    strict-accuracy variants, the success indicator, knows_true, the generation family (gen_es / gen_ps /
+    gen_ns, gen_es_true / gen_ps_true, gen_success), and the greedy answer and generation of the rewrite prompt."""
     if table.empty:
         raise ValueError("edit_metrics got an empty table.")
     t = table.copy()
@@ -98,7 +132,8 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     t["magnitude"] = np.where(neighbor, -diff, diff)
     t.loc[~has_true | (neighbor & ~counterfact), "magnitude"] = math.nan
     t["strict"] = np.where(neighbor, t["exact_true"].astype(float), t["exact_new"].astype(float))
-    means = t.groupby(["case_id", "kind"], sort=False)[["success", "magnitude", "strict"]].mean().unstack("kind")
+    columns = ["success", "magnitude", "strict", "gen_success", "gen_true"]
+    means = t.groupby(["case_id", "kind"], sort=False)[columns].mean().unstack("kind")
     order = pd.unique(t["case_id"])
     out = pd.DataFrame({"case_id": order})
     for kind, prefix in _PREFIX.items():
@@ -106,6 +141,8 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
             ("success", prefix),
             ("magnitude", f"{prefix}_magnitude"),
             ("strict", f"{prefix}_accuracy"),
+            ("gen_success", f"gen_{prefix}"),
+            *([("gen_true", f"gen_{prefix}_true")] if kind != "neighborhood" else []),
         ):
             values = means[(column, kind)] if (column, kind) in means.columns else pd.Series(dtype=float)
             out[name] = values.reindex(order).to_numpy(dtype=float)
@@ -120,10 +157,12 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     by_case = rewrite.groupby("case_id", sort=False)
     out["success"] = by_case["ok"].all().reindex(order).astype(float).to_numpy()
     out["knows_true"] = by_case["knows"].all().reindex(order).astype(float).to_numpy()
+    out["gen_success"] = by_case["gen_new"].min().reindex(order).astype(float).to_numpy()
     first = by_case.first()
     for column in ("metric_family", "target_new", "target_true"):
         out[column] = first[column].reindex(order).to_numpy()
     out["answer"] = first["greedy"].reindex(order).to_numpy()
+    out["generation"] = first["generation"].reindex(order).to_numpy()
     counts = t.groupby(["case_id", "kind"], sort=False).size().unstack("kind")
     for kind in ("paraphrase", "neighborhood"):
         column = counts[kind] if kind in counts.columns else pd.Series(dtype=float)

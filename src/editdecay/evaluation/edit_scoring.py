@@ -1,4 +1,4 @@
-"""Score edit requests on one model: one row per edit x prompt kind x prompt (docs/algorithms.md §3).
+"""Score edit requests on one model: one row per edit x prompt kind x prompt (docs/algorithms.md §3, §12).
 
 Every (prompt, target) pair of every request goes through one batched teacher-forced pass; greedy
 continuations reuse those argmax tokens and generate only what is missing.
@@ -21,6 +21,7 @@ from editdecay.evaluation.batching import (
     score_continuations,
 )
 from editdecay.evaluation.edit_metrics import success_flags
+from editdecay.evaluation.generation_success import GENERATION_EXTRA_TOKENS, generation_flags
 from editdecay.models import pad_id_of
 
 KINDS = ("rewrite", "paraphrase", "neighborhood")
@@ -65,7 +66,9 @@ def score_edits(
     (mean per-token NLL), prob_new, prob_true (exp(-nll)), token_acc_new/true (teacher-forced token accuracy),
     exact_new/true (every target token is the greedy prediction), n_tokens_new/true, greedy (greedy
     continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, docs/algorithms.md §3),
-    and the token ids (target_*_ids, argmax_*_ids, greedy_ids) that `neighborhood_agreement` compares.
+    generation (the same continuation, GENERATION_EXTRA_TOKENS tokens longer) with gen_new / gen_true /
+    gen_success (the generation-based family, §12), and the token ids (target_*_ids, argmax_*_ids, greedy_ids,
+    generation_ids); `neighborhood_agreement` compares the argmax ids.
     Results do not depend on the tokenizer's padding side (batching pads explicitly).
     """
     if not requests:
@@ -91,14 +94,16 @@ def score_edits(
             if target is not None:
                 slots.append((r, which))
                 pairs.append((prompt_ids[row.prompt], target_ids[continuation_text(target)]))
-    # Greedy answers of max(n_tokens_new, n_tokens_true) tokens; EOS is kept in greedy_ids (it decodes to
-    # nothing), never a stop signal. A prompt shared by rows is decoded once, to its longest length.
+    # Greedy answers of max(n_tokens_new, n_tokens_true) tokens, decoded GENERATION_EXTRA_TOKENS further for the
+    # generation family (greedy decoding is prefix-stable, so `greedy` is the first part of `generation`); EOS is
+    # kept in the ids (it decodes to nothing), never a stop signal. A prompt shared by rows is decoded once.
     row_lengths = [
         max(len(target_ids[continuation_text(t)]) for t in (row.target_new, row.target_true) if t) for row in rows
     ]
     lengths: dict[tuple[int, ...], int] = {}
     for row, n in zip(rows, row_lengths, strict=True):
-        lengths[prompt_ids[row.prompt]] = max(n, lengths.get(prompt_ids[row.prompt], 0))
+        longest = n + GENERATION_EXTRA_TOKENS
+        lengths[prompt_ids[row.prompt]] = max(longest, lengths.get(prompt_ids[row.prompt], 0))
     scores, answers = score_continuations(
         model,
         pad_id_of(tokenizer),
@@ -109,7 +114,10 @@ def score_edits(
         desc="scoring edit prompts",
     )
     by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
-    greedy = [answers[prompt_ids[row.prompt]][:n] for row, n in zip(rows, row_lengths, strict=True)]
+    generated = [
+        answers[prompt_ids[row.prompt]][: n + GENERATION_EXTRA_TOKENS] for row, n in zip(rows, row_lengths, strict=True)
+    ]
+    greedy = [ids[:n] for ids, n in zip(generated, row_lengths, strict=True)]
     records = []
     for r, row in enumerate(rows):
         new, true = by_slot[(r, "new")], by_slot.get((r, "true"))
@@ -125,11 +133,13 @@ def score_edits(
             **_scores("true", true),
             "greedy": tokenizer.decode(list(greedy[r]), skip_special_tokens=True),
             "greedy_ids": list(greedy[r]),
+            "generation": tokenizer.decode(list(generated[r]), skip_special_tokens=True),
+            "generation_ids": list(generated[r]),
         }
         records.append(record)
     table = pd.DataFrame.from_records(records)
     table["success"] = success_flags(table)
-    return table
+    return pd.concat([table, generation_flags(table)], axis=1)
 
 
 def _scores(which: str, scores: TokenScores | None) -> dict[str, object]:

@@ -164,7 +164,8 @@ def summarize_groups(scores: Mapping[str, GroupScores], requests: Sequence[EditR
     outcomes, transitions) where the groups present allow them.
 
     Tables: edits, edits_per_edit, control, control_per_edit (with control facts), outcomes (with Med and
-    Med_ft; the requests' subject, prompt and targets beside each edit), downstream, downstream_accuracy (with
+    Med_ft; `outcome_gen` is the generation family's class; the requests' subject, prompt and targets beside each
+    edit), downstream, downstream_accuracy (with
     tasks), metrics (one row per set and group, `downstream_avg` on the edit rows) and decay (one row).
     """
     ordered: dict[str, GroupScores] = _ordered(scores)
@@ -194,6 +195,8 @@ def summarize_groups(scores: Mapping[str, GroupScores], requests: Sequence[EditR
             continue
         if "Med" in per_edit and "Med_ft" in per_edit:
             outcomes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"))
+            generated = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"), indicator="gen_success")
+            outcomes["outcome_gen"] = generated["outcome"].to_numpy()
             result.tables["outcomes"] = outcomes.merge(request_frame(requests), on="case_id", how="left")
         # Per-group metrics are in metrics.parquet and definitions in summary.json: keep the decay numbers.
         scalars = {k: v for k, v in decay.items() if k not in ("groups", "metric_definitions")}

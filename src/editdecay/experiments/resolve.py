@@ -23,9 +23,9 @@ from editdecay.models import DtypeResolver, ModelShape, ModelSpec
 
 # Bump when the code that writes these artifacts changes what they hold (evaluation/groups.py: GroupScores.save,
 # group_activations; experiments/stages.py).
-EVAL_FORMAT = "eval/2"
+EVAL_FORMAT = "eval/3"  # 3: the generation-based family (gen_*) in the scored tables
 ACTIVATIONS_FORMAT = "activations/2"
-CURVE_FORMAT = "curve/1"
+CURVE_FORMAT = "curve/2"  # 2: gen_es per checkpoint
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,13 @@ def stage_keys(resolved: ResolvedExperiment) -> dict[str, str]:
     config = resolved.config
     model_key = model_source_key(model_spec(config))
     edits_key = stable_hash(data_source_key(config.edits.dataset), config.edits.model_dump(mode="json"))
-    editor = {"name": config.editor.name, "seed": config.editor.seed, "hparams": resolved.editor_hparams}
+    editor: dict[str, Any] = {
+        "name": config.editor.name,
+        "seed": config.editor.seed,
+        "hparams": resolved.editor_hparams,
+    }
+    if resolved.editor_hparams.get("train_data"):  # a trained editor (MEND): its records by content, not by path
+        editor["train_data"] = data_source_key(resolved.editor_hparams["train_data"])
     patch_key = stable_hash("patch", PATCH_FORMAT, model_key, edits_key, editor)
     spec = resolved.finetune_spec
     layers = None if spec.layers == "all" else resolved.edit_layers

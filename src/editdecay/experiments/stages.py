@@ -51,6 +51,7 @@ def edit_stage(
             targets=TargetStore(run.store.targets_root),
             seed=config.editor.seed,
             fingerprint=base.fingerprint if model is None else None,
+            artifacts=run.store.editors_root,
         )
         patch = editor.edit(base.model if model is None else model, base.tokenizer, requests, context)
         patch.save(path / "patch")

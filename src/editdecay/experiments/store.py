@@ -45,6 +45,11 @@ class ArtifactStore:
         return self.root / "stats"
 
     @property
+    def editors_root(self) -> Path:
+        """What editors train for a model (MEND's networks), keyed inside by everything they depend on."""
+        return self.root / "editors"
+
+    @property
     def targets_root(self) -> Path:
         """Target values shared by the editors of one (model, requests, seed) (editing/target_store.py)."""
         return self.root / "targets"

@@ -271,6 +271,7 @@ class KnownModel:
     edit_layers: tuple[int, ...]
     how_chosen: str
     vocab_sizes: tuple[int, int] = (0, 1 << 30)  # [low, high): tells apart sizes that share a shape
+    rome_layer: int | None = None  # the single layer ROME and FT-L edit (None: not recorded)
 
     def matches(self, shape: ModelShape) -> bool:
         return (self.model_type, self.num_layers, self.hidden_size) == (
@@ -281,8 +282,8 @@ class KnownModel:
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT)"),
-    KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT)"),
+    KnownModel("gpt2-xl", "gpt2", 48, 1600, (13, 14, 15, 16, 17), "published (MEMIT; ROME: 17)", rome_layer=17),
+    KnownModel("gpt-j-6b", "gptj", 28, 4096, (3, 4, 5, 6, 7, 8), "published (MEMIT; ROME: 5)", rome_layer=5),
     KnownModel("llama-2-7b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (0, 128_000)),
     KnownModel("llama-3-8b", "llama", 32, 4096, (4, 5, 6, 7, 8), "published (AlphaEdit)", (128_000, 1 << 30)),
     KnownModel(
@@ -292,7 +293,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         576,
         (4, 5, 6, 7, 8),
         "causal tracing of MLP outputs peaks at layer 7 (window 5-9), edited one layer earlier as measured "
-        "best; docs/edit_layers.md",
+        "best; docs/edit_layers.md; ROME: 7, measured (docs/algorithms.md §9)",
+        rome_layer=7,
     ),
     KnownModel(
         "gemma3-270m",
@@ -301,7 +303,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         640,
         (3, 4, 5, 6, 7),
         "causal tracing of MLP outputs peaks at layer 4 (window 2-6), edited one layer later as measured "
-        "best; docs/edit_layers.md",
+        "best; docs/edit_layers.md; ROME: 6, measured (docs/algorithms.md §9)",
+        rome_layer=6,
     ),
 )
 

@@ -10,7 +10,7 @@ import pandas as pd
 from editdecay.reporting.durability import plot_strategies, strategy_markdown, strategy_of, strategy_table
 from editdecay.reporting.figures import plot_activation_shift, plot_decay, plot_decay_curves
 from editdecay.reporting.findings import load_runs
-from editdecay.reporting.results import ReportError, connect, finetune_label
+from editdecay.reporting.results import ReportError, columns_of, connect, finetune_label
 from editdecay.reporting.tables import TABLES
 from editdecay.storage import atomic_write_text
 
@@ -62,14 +62,17 @@ def demo_table(runs_dir: str | Path) -> str:
     """Two compact tables, one row per (editor, fine-tuning):
 
     - edit decay: ES/PS/NS (%) of every model group, the efficacy margin (mean P(new) - P(true), in points;
-      it shows decay before any edit flips), the ES change from Med to Med_ft (p.p.) and the Edit Flip Ratio;
+      it shows decay before any edit flips), the ES change from Med to Med_ft (p.p.) and the Edit Flip Ratio,
+      then the generation-based ES and EFR (genES, genEFR%: the target said in greedy text, §12);
     - side effects: the share of unedited control facts each group still knows, and downstream accuracy.
     """
     con = connect(runs_dir)
     label = finetune_label(con)
+    generation = "generation.efr" in columns_of(con, "decay")
+    gen_metric = ", m.gen_es" if generation else ""
     metrics = con.execute(f"""
         SELECT r.editor, {label} AS finetune, m."set", m."group",
-               m.es, m.ps, m.ns, m.es_magnitude, m.knows_true, m.downstream_avg
+               m.es, m.ps, m.ns, m.es_magnitude, m.knows_true, m.downstream_avg{gen_metric}
         FROM metrics m JOIN run r USING (run_id)""").df()
     keys = ["editor", "finetune"]
     # M and Mft never saw the edits: their PS/NS/margin add width, not information, to this summary.
@@ -77,11 +80,19 @@ def demo_table(runs_dir: str | Path) -> str:
     edits = _by_group(
         metrics[metrics["set"] == "edits"],
         keys,
-        {"ES": ("es", GROUP_ORDER), "PS": ("ps", edited), "NS": ("ns", edited), "margin": ("es_magnitude", edited)},
+        {
+            "ES": ("es", GROUP_ORDER),
+            "PS": ("ps", edited),
+            "NS": ("ns", edited),
+            "margin": ("es_magnitude", edited),
+            **({"genES": ("gen_es", edited)} if generation else {}),
+        },
     )
+    gen_decay = """, 100 * d."generation.efr" AS "genEFR%" """ if generation else ""
     decay = con.execute(f"""
         SELECT r.editor, {label} AS finetune,
                d.delta_es_pp AS "ΔES", 100 * d.efr AS "EFR%", d.flips || '/' || d.successes_after_edit AS flips
+               {gen_decay}
         FROM decay d JOIN run r USING (run_id)""").df()
     edits = edits.merge(decay, how="left", on=keys)
     control = _by_group(metrics[metrics["set"] == "control"], keys, {"known": ("knows_true", GROUP_ORDER)})
@@ -118,10 +129,15 @@ def format_run_summary(run_dir: str | Path) -> str:
     rows = []
     for set_name in ("edits", "control"):
         for group, metrics in summary.get(set_name, {}).get("groups", {}).items():
-            rows.append({"set": set_name, "group": group, **{k: metrics.get(k) for k in ("es", "ps", "ns")}})
+            rows.append(
+                {"set": set_name, "group": group, **{k: metrics.get(k) for k in ("es", "ps", "ns", "gen_es", "gen_ps")}}
+            )
     lines = [pd.DataFrame(rows).round(1).to_markdown(index=False)] if rows else []
     decay = summary.get("edits", {}).get("decay", {})
     if decay:
         lines.append(f"ΔES {decay.get('delta_es_pp')} p.p., EFR {decay.get('efr')}")
+        generation = decay.get("generation")
+        if generation:
+            lines.append(f"generation family: ΔES {generation.get('delta_es_pp')} p.p., EFR {generation.get('efr')}")
     lines.append(f"stages executed: {summary.get('executed_stages')}; wall {summary.get('wall_seconds')} s")
     return "\n".join(lines)

@@ -33,12 +33,19 @@ def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return row is not None and bool(row[0])  # count(*) always returns a row
 
 
+def columns_of(con: duckdb.DuckDBPyConnection, view: str) -> set[str]:
+    """The columns of a view (empty when the view does not exist)."""
+    if not has_view(con, view):
+        return set()
+    return {row[0] for row in con.execute(f"SELECT column_name FROM (DESCRIBE {view})").fetchall()}
+
+
 def finetune_label(con: duckdb.DuckDBPyConnection, alias: str = "r", sep: str = "/") -> str:
     """SQL for a run's fine-tuning label: `method/layers`, plus ` + <facts> facts` when fact statements were mixed
     into the corpus and ` [strategy]` for an edit-preserving strategy (runs written before those columns existed
     have neither)."""
     label = f"{alias}.ft_method || '{sep}' || {alias}.ft_layers"
-    columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE run)").fetchall()}
+    columns = columns_of(con, "run")
     if "ft_facts" in columns:
         label += f" || coalesce(' + ' || {alias}.ft_facts || ' facts', '')"
     if "ft_strategy" in columns:

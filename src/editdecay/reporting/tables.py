@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from editdecay.reporting.results import has_view
+from editdecay.reporting.results import columns_of, has_view
 
 CONFIG_COLUMNS = ["model", "dataset", "editor", "n_edits"]
 
@@ -15,18 +15,26 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
 
 
 def es_before_after(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Table 1: ES of Med (before) and Med_ft (after) per fine-tuning method, all-layer fine-tuning."""
+    """Table 1: ES of Med (before) and Med_ft (after) per fine-tuning method, all-layer fine-tuning; with the
+    generation-based family (gen ES, docs/algorithms.md §12) beside it."""
+    generation = "gen_es" in columns_of(con, "metrics")
+    gen_sql = (
+        """, avg(CASE WHEN m."group" = 'Med' THEN m.gen_es END) AS gen_es_before,
+               avg(CASE WHEN m."group" = 'Med_ft' THEN m.gen_es END) AS gen_es_after"""
+        if generation
+        else ""
+    )
     long = _query(
         con,
-        """
+        f"""
         SELECT r.model, r.dataset, r.editor, r.n_edits, r.ft_method,
                avg(CASE WHEN m."group" = 'Med' THEN m.es END) AS es_before,
-               avg(CASE WHEN m."group" = 'Med_ft' THEN m.es END) AS es_after
+               avg(CASE WHEN m."group" = 'Med_ft' THEN m.es END) AS es_after{gen_sql}
         FROM metrics m JOIN run r USING (run_id)
         WHERE m."set" = 'edits' AND r.ft_layers = 'all'
         GROUP BY ALL ORDER BY ALL""",
     )
-    return _wide(long, ["es_before", "es_after"])
+    return _wide(long, ["es_before", "es_after", *(["gen_es_before", "gen_es_after"] if generation else [])])
 
 
 def decrease_rate(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -46,13 +54,21 @@ def decrease_rate(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def delta_es_efr(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Table 3: ΔES (p.p.), Edit Flip Ratio and reverse flip ratio (%) with their counts, per configuration."""
+    """Table 3: ΔES (p.p.), Edit Flip Ratio and reverse flip ratio (%) with their counts, per configuration; then
+    the same ΔES and EFR of the generation-based family (gen_*, docs/algorithms.md §12)."""
+    generation = (
+        """,
+               d."generation.delta_es_pp" AS gen_delta_es_pp, 100 * d."generation.efr" AS gen_efr,
+               d."generation.flips" AS gen_efr_count, d."generation.successes_after_edit" AS gen_efr_base"""
+        if "generation.efr" in columns_of(con, "decay")
+        else ""
+    )
     return _query(
         con,
-        """
+        f"""
         SELECT r.model, r.dataset, r.editor, r.n_edits, r.ft_method, r.ft_layers,
                d.delta_es_pp, 100 * d.efr AS efr, d.flips AS efr_count, d.successes_after_edit AS efr_base,
-               100 * d.reverse_flip_ratio AS reverse_flip, d.reverse_flips AS reverse_count
+               100 * d.reverse_flip_ratio AS reverse_flip, d.reverse_flips AS reverse_count{generation}
         FROM decay d JOIN run r USING (run_id) ORDER BY ALL""",
     )
 
