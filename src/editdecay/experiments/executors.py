@@ -1,9 +1,9 @@
-"""Executors run a list of configurations: in this process (`local`) or as Ray tasks on a cluster (`ray`)."""
+"""Executors run a list of configurations: in this process (`local`), as Ray tasks (`ray`) or as a Slurm job array
+through submitit (`submitit`, experiments/submitit_executor.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,8 +11,9 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from editdecay.config import ExperimentConfig
-from editdecay.experiments.resolve import patch_chain_key
+from editdecay.experiments.chains import chains_by_patch, run_chain
 from editdecay.experiments.runner import RunResult, run_experiment
+from editdecay.experiments.submitit_executor import SubmititExecutor
 from editdecay.models import DtypeResolver
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,6 @@ class LocalExecutor:
         for config in tqdm(configs, desc="grid", unit="config"):
             results.append(run_experiment(config, store_root, runs_root, dtypes=dtypes))
         return results
-
-
-def _run_chain(config_dicts: list[dict[str, Any]], store_root: str, runs_root: str) -> list[dict[str, Any]]:
-    """One Ray task: configurations that share a patch, run in order on one worker (paths in, paths out)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = []
-    dtypes = DtypeResolver()
-    for raw in config_dicts:
-        result = run_experiment(ExperimentConfig.model_validate(raw), store_root, runs_root, dtypes=dtypes)
-        out.append({"run_dir": str(result.run_dir), "executed": result.executed, "config": raw})
-    return out
 
 
 class RayExecutor:
@@ -76,8 +66,8 @@ class RayExecutor:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=True, **self.ray_init)
         try:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            task = ray.remote(num_cpus=self.num_cpus_per_task, num_gpus=gpus, max_retries=2)(_run_chain)
-            chains = _chains(configs)
+            task = ray.remote(num_cpus=self.num_cpus_per_task, num_gpus=gpus, max_retries=2)(run_chain)
+            chains = chains_by_patch(configs)
             log.info(
                 "Submitting %d Ray tasks for %d configurations (GPU per task: %d)", len(chains), len(configs), gpus
             )
@@ -100,13 +90,6 @@ class RayExecutor:
         ]
 
 
-def _chains(configs: list[ExperimentConfig]) -> list[list[ExperimentConfig]]:
-    chains: dict[str, list[ExperimentConfig]] = defaultdict(list)
-    for config in configs:
-        chains[patch_chain_key(config)].append(config)
-    return list(chains.values())
-
-
 EXECUTORS: dict[str, Callable[..., Executor]] = {}
 
 
@@ -118,6 +101,7 @@ def register_executor(name: str, factory: Callable[..., Executor]) -> None:
 
 register_executor(LocalExecutor.name, LocalExecutor)
 register_executor(RayExecutor.name, RayExecutor)
+register_executor(SubmititExecutor.name, SubmititExecutor)
 
 
 def make_executor(name: str, **options: Any) -> Executor:
