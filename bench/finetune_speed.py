@@ -9,6 +9,9 @@ probe runs first: it prints what `compute_dtype: auto` chooses on this machine a
 
     .venv/bin/python bench/finetune_speed.py --examples 200 --max-steps 3 --threads 1
     .venv/bin/python bench/finetune_speed.py --demo --examples 256 --lr 3e-4
+    # memory: LoRA r 32, batch 16, cutoff 256, float32 on long examples, without and with gradient checkpointing
+    .venv/bin/python bench/finetune_speed.py --methods lora --dtypes float32 --r 32 --max-steps 2 --examples 64 \
+        --corpus ../shared/data/commonsense/<train file> --checkpointing off,on
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m")
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    examples = load_corpus("builtin", max_examples=args.examples, seed=0)
+    examples = load_corpus(args.corpus, max_examples=args.examples, seed=0)
     spec = FinetuneSpec(
         method=args.method,
+        r=args.r,
+        alpha=2.0 * args.r,
+        gradient_checkpointing=args.gradient_checkpointing,
         compute_dtype=args.dtype,
         epochs=1,
         batch_size=args.batch_size,
@@ -55,6 +61,7 @@ def child(args: argparse.Namespace) -> None:
             {
                 "method": args.method,
                 "dtype": manifest["spec"]["compute_dtype"],
+                "checkpointing": args.gradient_checkpointing,
                 "examples": len(examples),
                 "steps": manifest["steps"],
                 "tokens": manifest["tokens"],
@@ -76,7 +83,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_child(args: argparse.Namespace, method: str, dtype: str) -> dict:
+def run_child(args: argparse.Namespace, method: str, dtype: str, checkpointing: bool) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -93,7 +100,13 @@ def run_child(args: argparse.Namespace, method: str, dtype: str) -> dict:
         str(args.threads),
         "--dropout",
         str(args.dropout),
+        "--r",
+        str(args.r),
+        "--corpus",
+        args.corpus,
     ]
+    if checkpointing:
+        command.append("--gradient-checkpointing")
     for flag, value in (("--max-steps", args.max_steps), ("--lr", args.lr)):
         if value is not None:
             command += [flag, str(value)]
@@ -114,6 +127,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--dropout", type=float, default=0.05)
     parser.add_argument("--no-train-on-inputs", action="store_true")
+    parser.add_argument("--r", type=int, default=8, help="LoRA/DoRA rank (alpha = 2r).")
+    parser.add_argument("--corpus", default="builtin", help="builtin, or an instruction-corpus file.")
+    parser.add_argument("--checkpointing", default="off", help="off, on, or off,on (side by side).")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--demo", action="store_true", help="Time one demo-sized LoRA run (1 epoch, dtype auto).")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
@@ -124,7 +141,7 @@ def main() -> None:
         return
 
     print(
-        f"SmolLM2-135M, {args.examples} built-in examples, batch {args.batch_size}, {args.threads} threads, "
+        f"SmolLM2-135M, {args.examples} examples of {args.corpus}, batch {args.batch_size}, {args.threads} threads, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     import torch
@@ -137,15 +154,19 @@ def main() -> None:
         f"dtype probe ({probe.shape} matmul): float32 {probe.float32_s * 1e3:.2f} ms, bfloat16 "
         f"{probe.bfloat16_s * 1e3:.2f} ms -> {probe.reason}: compute_dtype auto = {probe.chosen}"
     )
+    switches = [{"off": False, "on": True}[value] for value in args.checkpointing.split(",")]
     configs = (
-        [("lora", "auto")] if args.demo else [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
+        [("lora", "auto", False)]
+        if args.demo
+        else [(m, d, c) for m in args.methods.split(",") for d in args.dtypes.split(",") for c in switches]
     )
     rows = []
-    for method, dtype in configs:
-        row = run_child(args, method, dtype)
+    for method, dtype, checkpointing in configs:
+        row = run_child(args, method, dtype, checkpointing)
         rows.append(row)
         print(
-            f"{method:5s} {dtype:9s} steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
+            f"{method:5s} {dtype:9s} {'checkpointed ' if checkpointing else ''}"
+            f"steps {row['steps']:3d}  tokens {row['tokens']:6d}  "
             f"train {row['train_s']:6.1f} s  {row['tokens_per_s']:6.1f} tok/s  wall {row['wall_s']:6.1f} s  "
             f"CPU {row['cpu_s']:6.1f} s ({row['tokens'] / row['cpu_s']:5.1f} tok/CPU-s)  "
             f"peak RSS {row['peak_rss_mib']:6.0f} MiB (model loaded: {row['rss_model_mib']:.0f})  "
@@ -154,7 +175,17 @@ def main() -> None:
         )
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     # Ratios from CPU time per token: robust to other processes sharing the machine.
-    speed = {(r["method"], r["dtype"]): r["tokens"] / r["cpu_s"] for r in rows}
+    speed = {(r["method"], r["dtype"]): r["tokens"] / r["cpu_s"] for r in rows if not r["checkpointing"]}
+    for plain in (r for r in rows if not r["checkpointing"]):
+        for saved in (
+            r for r in rows if r["checkpointing"] and (r["method"], r["dtype"]) == (plain["method"], plain["dtype"])
+        ):
+            slower = (plain["tokens"] / plain["cpu_s"]) / (saved["tokens"] / saved["cpu_s"])
+            print(
+                f"{plain['method']} {plain['dtype']}: gradient checkpointing peak RSS {plain['peak_rss_mib']:.0f} -> "
+                f"{saved['peak_rss_mib']:.0f} MiB, CPU time per token x{slower:.2f}, "
+                f"loss {plain['first_loss']:.6f} vs {saved['first_loss']:.6f}"
+            )
     for dtype in args.dtypes.split(","):
         if ("lora", dtype) in speed and ("dora", dtype) in speed:
             print(f"DoRA/LoRA time per token ({dtype}): {speed[('lora', dtype)] / speed[('dora', dtype)]:.2f}")

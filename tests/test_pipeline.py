@@ -40,6 +40,9 @@ def test_run_writes_every_table_and_a_second_run_recomputes_nothing(tmp_path: Pa
         assert (first.run_dir / name).is_file(), name
     summary = json.loads((first.run_dir / "summary.json").read_text())
     assert set(summary["edits"]["groups"]) == set(GROUPS)
+    peaks = [summary["stage_peak_rss_mib"][name] for name in summary["executed_stages"]]
+    assert set(summary["stage_peak_rss_mib"]) == set(summary["stage_seconds"]) == ALL_STAGES
+    assert peaks == sorted(peaks) and peaks[0] > 0  # a high-water mark, in the order the stages ran
     for group in GROUPS:
         assert summary["edits"]["groups"][group]["es"] is not None
     metrics = pd.read_parquet(first.run_dir / "metrics.parquet")

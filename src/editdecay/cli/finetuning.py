@@ -52,6 +52,11 @@ def finetune_command(
     epochs: int = typer.Option(SPEC_DEFAULTS["epochs"], "--epochs"),
     batch_size: int = typer.Option(SPEC_DEFAULTS["batch_size"], "--batch-size", help="Micro-batch size."),
     grad_accum: int = typer.Option(SPEC_DEFAULTS["grad_accum"], "--grad-accum", help="Micro-batches per step."),
+    gradient_checkpointing: bool = typer.Option(
+        SPEC_DEFAULTS["gradient_checkpointing"],
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations (and the loss in chunks) in the backward pass: same loss, far less memory.",
+    ),
     warmup_steps: int = typer.Option(SPEC_DEFAULTS["warmup_steps"], "--warmup-steps"),
     warmup_ratio: float = typer.Option(SPEC_DEFAULTS["warmup_ratio"], "--warmup-ratio"),
     lr_schedule: str = typer.Option(
@@ -113,6 +118,7 @@ def finetune_command(
             epochs=epochs,
             batch_size=batch_size,
             grad_accum=grad_accum,
+            gradient_checkpointing=gradient_checkpointing,
             warmup_steps=warmup_steps,
             warmup_ratio=warmup_ratio,
             lr_schedule=lr_schedule,  # type: ignore[arg-type]  # checked by FinetuneSpec

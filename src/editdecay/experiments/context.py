@@ -4,6 +4,7 @@ model is loaded and the configuration resolved, and passed to every stage (exper
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class RunContext:
     models: dict[str, nn.Module] = field(default_factory=dict)
     executed: list[str] = field(default_factory=list)  # stages computed by this run (the rest were reused)
     timings: dict[str, float] = field(default_factory=dict)
+    # the process's peak resident memory (MiB) when each executed stage ended: a high-water mark, so a stage's
+    # own peak is at most its figure (and exactly it when the figure rises at that stage)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.models.setdefault("M", self.base.model)
@@ -50,5 +54,6 @@ class RunContext:
             compute(path)
             self.store.mark_done(kind, key)
             self.timings[name] = round(time.perf_counter() - start, 2)
+            self.peak_rss_mib[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             self.executed.append(name)
             return path

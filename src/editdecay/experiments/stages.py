@@ -225,6 +225,7 @@ def write_run_dir(
         "environment": environment_info(),
         "executed_stages": run.executed,
         "stage_seconds": run.timings,
+        "stage_peak_rss_mib": run.peak_rss_mib,
         "wall_seconds": wall_seconds,
         "evaluation_dtype": evaluation_dtype(run.models),
         "resolved": _resolved_record(run),

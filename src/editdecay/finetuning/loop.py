@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editdecay.data.instruction_corpus import InstructionExample
 from editdecay.finetuning.collate import (
@@ -108,26 +109,59 @@ def autocast(model: nn.Module, spec: FinetuneSpec) -> AbstractContextManager[Any
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=spec.compute_dtype == "bfloat16")
 
 
-def token_loss_sum(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+LOSS_CHUNK_POSITIONS = 256  # positions per chunk of the chunked loss (full logits never exist at once)
+
+
+def token_loss_sum(
+    model: nn.Module, inputs: dict[str, torch.Tensor], *, chunked: bool = False, chunk: int = LOSS_CHUNK_POSITIONS
+) -> torch.Tensor:
     """Summed next-token cross-entropy (float32) over the batch's target tokens.
 
     The unembedding runs only at the positions that predict a target: a pre-hook on it selects those
     rows of its input. With the loss on responses only that skips ~90% of the vocabulary projection and
-    its activation memory; otherwise it still skips padding.
+    its activation memory; otherwise it still skips padding. `chunked`: the model's forward stops before the
+    unembedding, whose input is kept, and the projection + cross-entropy run `chunk` positions at a time, each
+    recomputed in the backward pass, so the (positions x vocabulary) logits never exist at once.
     """
     predicts = inputs["labels"][:, 1:] != IGNORE_INDEX
     keep = nn.functional.pad(predicts, (0, 1), value=False)  # position t predicts token t + 1
-    handle = unembedding(model).register_forward_pre_hook(lambda _module, args: (args[0][keep], *args[1:]))
+    head = unembedding(model)
+    kept: dict[str, torch.Tensor] = {}
+
+    def select(_module: nn.Module, args: tuple) -> tuple:
+        rows = args[0][keep]
+        if chunked:
+            kept["hidden"] = rows
+            rows = rows[:0]  # the model's own projection gets no position
+        return (rows, *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
     try:
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
     finally:
         handle.remove()
-    if logits.shape[:-1] != (int(keep.sum()),):
+    expected = 0 if chunked else int(keep.sum())
+    if logits.shape[:-1] != (expected,):
         raise RuntimeError(
             f"{type(model).__name__} returned logits of shape {tuple(logits.shape)}: its forward must "
             "apply the output embedding once to every position."
         )
-    return nn.functional.cross_entropy(logits.float(), inputs["labels"][:, 1:][predicts], reduction="sum")
+    labels = inputs["labels"][:, 1:][predicts]
+    if not chunked:
+        return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    def chunk_loss(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        chunk_logits = head(hidden).float()
+        if cap:  # what the model's forward does after its projection (Gemma 2)
+            chunk_logits = torch.tanh(chunk_logits / cap) * cap
+        return nn.functional.cross_entropy(chunk_logits, targets, reduction="sum")
+
+    hidden, total = kept["hidden"], logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(labels), chunk):
+        part = slice(start, start + chunk)
+        total = total + checkpoint(chunk_loss, hidden[part], labels[part], use_reentrant=False)
+    return total
 
 
 class Checkpoint:
@@ -207,6 +241,8 @@ def train(
     state = (checkpoint.load(trained, optimizer) if checkpoint else None) or TrainState()
     device = next(trained.parameters()).device
     trained.train()
+    if spec.gradient_checkpointing:
+        activation_checkpointing(trained, True)
     bar = tqdm(total=len(steps), initial=state.step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     started, last_save = time.monotonic() - state.elapsed_s, time.monotonic()
     try:
@@ -222,7 +258,7 @@ def train(
             for batch in group:
                 inputs = {k: v.to(device) for k, v in collate([tokenized[i] for i in batch], pad_id).items()}
                 with autocast(trained, spec):
-                    loss = token_loss_sum(trained, inputs) / n_targets
+                    loss = token_loss_sum(trained, inputs, chunked=spec.gradient_checkpointing) / n_targets
                 loss.backward()
                 step_loss += loss.item()
                 step_tokens += int(inputs["attention_mask"].sum())
@@ -247,8 +283,23 @@ def train(
                 last_save = time.monotonic()
     finally:
         bar.close()
+        if spec.gradient_checkpointing:
+            activation_checkpointing(trained, False)
         trained.eval()
     return state
+
+
+def activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Recompute each block's activations in the backward pass (transformers' gradient checkpointing,
+    non-reentrant: no input needs requires_grad, and frozen weights stay frozen)."""
+    base = getattr(model, "get_base_model", None)
+    target = base() if callable(base) else model
+    if not isinstance(target, PreTrainedModel) or not target.supports_gradient_checkpointing:
+        raise ValueError(f"{type(target).__name__} does not support gradient checkpointing.")
+    if enabled:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        target.gradient_checkpointing_disable()
 
 
 @torch.no_grad()
