@@ -346,6 +346,17 @@ def test_batched_equals_single_and_reference(arch: str, side: str) -> None:
         assert row.gen_new == float(contains_answer(row.generation, row.target_new))
 
 
+def test_without_generation_the_probability_family_is_unchanged() -> None:
+    model, tokenizer = tiny_model("llama", seed=2), tiny_tokenizer(add_bos=True)
+    full = score_edits(model, tokenizer, REQUESTS, progress=False)
+    lean = score_edits(model, tokenizer, REQUESTS, progress=False, generation=False)
+    assert not {"generation", "generation_ids", "gen_new", "gen_success"} & set(lean.columns)
+    pd.testing.assert_frame_equal(lean, full[list(lean.columns)])
+    per_edit = edit_metrics(lean)
+    counterfact = per_edit[per_edit["metric_family"] == "counterfact"]
+    assert "gen_es" not in per_edit.columns and summarize_edit_metrics(counterfact)["es"] is not None
+
+
 def test_rows_targets_and_families() -> None:
     model, tokenizer = tiny_model("llama", seed=1), tiny_tokenizer(add_bos=True)
     table = score_edits(model, tokenizer, REQUESTS, progress=False)

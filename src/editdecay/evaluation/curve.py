@@ -20,7 +20,7 @@ from editdecay.evaluation.edit_metrics import edit_metrics
 from editdecay.evaluation.edit_scoring import score_edits
 
 CURVE_SETS = ("edits", "control")
-_KEPT = ("case_id", "es", "ps", "ns", "es_magnitude", "success", "knows_true", "gen_es", "answer")
+_KEPT = ("case_id", "es", "ps", "ns", "es_magnitude", "success", "knows_true", "answer")
 
 
 def edit_curve_measure(
@@ -41,7 +41,9 @@ def edit_curve_measure(
     def measure(model: nn.Module) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for name, items in sets:
-            per_edit = edit_metrics(score_edits(model, tokenizer, items, batch_size=batch_size, progress=False))
+            # The probability family only: the generation family would double each checkpoint's scoring time.
+            table = score_edits(model, tokenizer, items, batch_size=batch_size, progress=False, generation=False)
+            per_edit = edit_metrics(table)
             rows += [{"set": name, **record} for record in per_edit[list(_KEPT)].to_dict("records")]
         return rows
 
@@ -49,10 +51,9 @@ def edit_curve_measure(
 
 
 def curve_summary(curve: pd.DataFrame) -> pd.DataFrame:
-    """One row per (set, step): n, es / ps / ns, gen_es (the generation family, §12; None in curves written
-    before it) and `retained` in percent (edits: success; control facts: still known), `flip_ratio` =
-    Pr(not retained at step | retained at the first step) with its counts, and the mean rewrite margin
-    P(new) - P(true) in percentage points."""
+    """One row per (set, step): n, es / ps / ns and `retained` in percent (edits: success; control facts: still
+    known), `flip_ratio` = Pr(not retained at step | retained at the first step) with its counts, and the mean
+    rewrite margin P(new) - P(true) in percentage points."""
     if curve.empty:
         raise ValueError("curve_summary got an empty curve.")
     rows = []
@@ -72,7 +73,6 @@ def curve_summary(curve: pd.DataFrame) -> pd.DataFrame:
                     "es": 100 * at_step["es"].astype(float).mean(),
                     "ps": 100 * at_step["ps"].astype(float).mean(),
                     "ns": 100 * at_step["ns"].astype(float).mean(),
-                    "gen_es": 100 * at_step["gen_es"].astype(float).mean() if "gen_es" in at_step else None,
                     "retained": 100 * at_step[indicator].astype(float).mean(),
                     "flips": flips,
                     "retained_at_start": int(kept_before.sum()),

@@ -132,7 +132,8 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     t["magnitude"] = np.where(neighbor, -diff, diff)
     t.loc[~has_true | (neighbor & ~counterfact), "magnitude"] = math.nan
     t["strict"] = np.where(neighbor, t["exact_true"].astype(float), t["exact_new"].astype(float))
-    columns = ["success", "magnitude", "strict", "gen_success", "gen_true"]
+    generated = "gen_success" in t.columns  # score_edits(generation=False) leaves the family out
+    columns = ["success", "magnitude", "strict", *(["gen_success", "gen_true"] if generated else [])]
     means = t.groupby(["case_id", "kind"], sort=False)[columns].mean().unstack("kind")
     order = pd.unique(t["case_id"])
     out = pd.DataFrame({"case_id": order})
@@ -141,8 +142,8 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
             ("success", prefix),
             ("magnitude", f"{prefix}_magnitude"),
             ("strict", f"{prefix}_accuracy"),
-            ("gen_success", f"gen_{prefix}"),
-            *([("gen_true", f"gen_{prefix}_true")] if kind != "neighborhood" else []),
+            *([("gen_success", f"gen_{prefix}")] if generated else []),
+            *([("gen_true", f"gen_{prefix}_true")] if generated and kind != "neighborhood" else []),
         ):
             values = means[(column, kind)] if (column, kind) in means.columns else pd.Series(dtype=float)
             out[name] = values.reindex(order).to_numpy(dtype=float)
@@ -157,12 +158,14 @@ def edit_metrics(table: pd.DataFrame) -> pd.DataFrame:
     by_case = rewrite.groupby("case_id", sort=False)
     out["success"] = by_case["ok"].all().reindex(order).astype(float).to_numpy()
     out["knows_true"] = by_case["knows"].all().reindex(order).astype(float).to_numpy()
-    out["gen_success"] = by_case["gen_new"].min().reindex(order).astype(float).to_numpy()
+    if generated:
+        out["gen_success"] = by_case["gen_new"].min().reindex(order).astype(float).to_numpy()
     first = by_case.first()
     for column in ("metric_family", "target_new", "target_true"):
         out[column] = first[column].reindex(order).to_numpy()
     out["answer"] = first["greedy"].reindex(order).to_numpy()
-    out["generation"] = first["generation"].reindex(order).to_numpy()
+    if generated:
+        out["generation"] = first["generation"].reindex(order).to_numpy()
     counts = t.groupby(["case_id", "kind"], sort=False).size().unstack("kind")
     for kind in ("paraphrase", "neighborhood"):
         column = counts[kind] if kind in counts.columns else pd.Series(dtype=float)

@@ -59,6 +59,7 @@ def score_edits(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    generation: bool = True,
 ) -> pd.DataFrame:
     """Score every prompt of every request: NLL of both targets, greedy continuation, token accuracy, success.
 
@@ -68,7 +69,8 @@ def score_edits(
     continuation of max(n_tokens_new, n_tokens_true) tokens), success (the family's rule, docs/algorithms.md §3),
     generation (the same continuation, GENERATION_EXTRA_TOKENS tokens longer) with gen_new / gen_true /
     gen_success (the generation-based family, §12), and the token ids (target_*_ids, argmax_*_ids, greedy_ids,
-    generation_ids); `neighborhood_agreement` compares the argmax ids.
+    generation_ids); `neighborhood_agreement` compares the argmax ids. `generation=False` leaves the generation
+    family out (about half the scoring time: for decay curves, which track the probability family only).
     Results do not depend on the tokenizer's padding side (batching pads explicitly).
     """
     if not requests:
@@ -102,7 +104,7 @@ def score_edits(
     ]
     lengths: dict[tuple[int, ...], int] = {}
     for row, n in zip(rows, row_lengths, strict=True):
-        longest = n + GENERATION_EXTRA_TOKENS
+        longest = n + (GENERATION_EXTRA_TOKENS if generation else 0)
         lengths[prompt_ids[row.prompt]] = max(longest, lengths.get(prompt_ids[row.prompt], 0))
     scores, answers = score_continuations(
         model,
@@ -114,9 +116,8 @@ def score_edits(
         desc="scoring edit prompts",
     )
     by_slot: dict[tuple[int, str], TokenScores] = dict(zip(slots, scores, strict=True))
-    generated = [
-        answers[prompt_ids[row.prompt]][: n + GENERATION_EXTRA_TOKENS] for row, n in zip(rows, row_lengths, strict=True)
-    ]
+    extra = GENERATION_EXTRA_TOKENS if generation else 0
+    generated = [answers[prompt_ids[row.prompt]][: n + extra] for row, n in zip(rows, row_lengths, strict=True)]
     greedy = [ids[:n] for ids, n in zip(generated, row_lengths, strict=True)]
     records = []
     for r, row in enumerate(rows):
@@ -133,13 +134,14 @@ def score_edits(
             **_scores("true", true),
             "greedy": tokenizer.decode(list(greedy[r]), skip_special_tokens=True),
             "greedy_ids": list(greedy[r]),
-            "generation": tokenizer.decode(list(generated[r]), skip_special_tokens=True),
-            "generation_ids": list(generated[r]),
         }
+        if generation:
+            record["generation"] = tokenizer.decode(list(generated[r]), skip_special_tokens=True)
+            record["generation_ids"] = list(generated[r])
         records.append(record)
     table = pd.DataFrame.from_records(records)
     table["success"] = success_flags(table)
-    return pd.concat([table, generation_flags(table)], axis=1)
+    return pd.concat([table, generation_flags(table)], axis=1) if generation else table
 
 
 def _scores(which: str, scores: TokenScores | None) -> dict[str, object]:

@@ -25,7 +25,7 @@ from editdecay.models import DtypeResolver, ModelShape, ModelSpec
 # group_activations; experiments/stages.py).
 EVAL_FORMAT = "eval/3"  # 3: the generation-based family (gen_*) in the scored tables
 ACTIVATIONS_FORMAT = "activations/2"
-CURVE_FORMAT = "curve/2"  # 2: gen_es per checkpoint
+CURVE_FORMAT = "curve/1"
 
 
 @dataclass(frozen=True)
