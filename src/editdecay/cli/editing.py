@@ -247,7 +247,9 @@ def _report(summary: dict[str, Any], out: Path) -> None:
     )
     typer.echo(
         "  time: "
-        + ", ".join(f"{k} {t.get(k, 0.0):.1f} s" for k in ("statistics", "targets", "keys", "solve", "total"))
+        + ", ".join(
+            f"{k} {t[k]:.1f} s" for k in ("statistics", "targets", "keys", "solve", "network", "total") if k in t
+        )
     )
     typer.echo("  update norms: " + ", ".join(f"L{k} {v:.3g}" for k, v in summary["update_norms"].items()))
     carried = [b.get("carried_fraction_mean") for b in summary["batches"]]
