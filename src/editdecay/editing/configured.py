@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import platform
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -18,11 +18,13 @@ from torch import nn
 import editdecay
 from editdecay.data import EditRequest
 from editdecay.editing.hparams import EditorHyperParams, read_hparams_file
-from editdecay.models import DtypeResolver, ModelShape
+from editdecay.editing.subject import EditInputError, check_request
+from editdecay.models import DtypeResolver, ModelShape, check_layers
 
 log = logging.getLogger(__name__)
 
 HP = TypeVar("HP", bound=EditorHyperParams)
+K = TypeVar("K")  # how a caller names its parameters (weight names, layer indices)
 
 
 class ConfiguredEditor(ABC, Generic[HP]):
@@ -85,6 +87,14 @@ class ConfiguredEditor(ABC, Generic[HP]):
             )
         return self.hparams_class.from_dict({**base, **self.overrides}, source=self.source)  # type: ignore[return-value]
 
+    def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> HP:
+        """The merged settings, with the layers checked against the model (no dtype to resolve: editors that
+        have one, like `LocateEditor`, override this)."""
+        shape = ModelShape.of(model)
+        hp = self.merged_hparams(shape)
+        check_layers(shape, hp.layers)
+        return hp
+
     def base_manifest(
         self,
         hp: EditorHyperParams,
@@ -111,8 +121,18 @@ class ConfiguredEditor(ABC, Generic[HP]):
         }
 
 
+def checked_requests(requests: Sequence[EditRequest]) -> list[EditRequest]:
+    """The requests as a list, each checked (EditInputError for none, or for one that would edit the wrong thing)."""
+    requests = list(requests)
+    if not requests:
+        raise EditInputError("No edit requests given.")
+    for request in requests:
+        check_request(request)
+    return requests
+
+
 @contextmanager
-def restored_on_exit(params: dict[str, nn.Parameter], *, keep: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def restored_on_exit(params: Mapping[K, nn.Parameter], *, keep: bool = False) -> Iterator[dict[K, torch.Tensor]]:
     """Yield copies of `params` and copy them back when the block ends: always, or (keep=True) only on an
     exception, so an edit never leaves the caller's weights half-changed."""
     originals = {name: p.detach().clone() for name, p in params.items()}

@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from editdecay.data import EditRequest
-from editdecay.editing.configured import ConfiguredEditor
+from editdecay.editing.configured import ConfiguredEditor, checked_requests, restored_on_exit
 from editdecay.editing.context_templates import sample_context_templates
 from editdecay.editing.hparams import MemitHyperParams, fallback_hparams, preset_for_model, preset_values
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.protocol import EditContext
 from editdecay.editing.stats import LayerStats, StatsStore
-from editdecay.editing.subject import EditInputError, check_request
 from editdecay.editing.subject_keys import BlockInputs, compute_keys
 from editdecay.editing.target_store import TargetKey, TargetStore
 from editdecay.editing.target_values import TargetResult, compute_targets
@@ -52,6 +51,18 @@ class EditRun:
 
     def time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+
+def layer_moments(hp: MemitHyperParams, run: EditRun) -> dict[int, torch.Tensor | None]:
+    """Each edit layer's second moment C, or None when mom2_adjustment is off (C = I, as in the reference)."""
+    return {layer: run.stats[layer].moment if layer in run.stats else None for layer in hp.layers}
+
+
+def moment_or_identity(moment: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+    """C on the keys' device, or the identity of the keys' width when there is no statistic."""
+    if moment is None:
+        return torch.eye(keys.shape[0], dtype=torch.float64, device=keys.device)
+    return moment.to(keys.device)
 
 
 class LocateEditor(ConfiguredEditor[HP]):
@@ -106,11 +117,7 @@ class LocateEditor(ConfiguredEditor[HP]):
         in_place: bool,
         state: Any,
     ) -> tuple[WeightPatch, Any]:
-        requests = list(requests)
-        if not requests:
-            raise EditInputError("No edit requests given.")
-        for request in requests:
-            check_request(request)
+        requests = checked_requests(requests)
         hp = self.resolved_hparams(model)
         was_training = model.training
         model.eval()  # dropout would make statistics, contexts and target values random
@@ -161,13 +168,11 @@ class LocateEditor(ConfiguredEditor[HP]):
         arch = arch_for(model)
         names = {layer: arch.mlp_out_weight_name(layer) for layer in hp.layers}
         params = {layer: model.get_parameter(name) for layer, name in names.items()}
-        originals = {layer: p.detach().clone() for layer, p in params.items()}
         totals = {
             layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device) for layer, p in params.items()
         }
-        restore = not in_place
         mapped_keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in hp.layers}
-        try:
+        with restored_on_exit(params, keep=in_place) as originals:
             size = hp.batch_size or len(requests)
             for first in range(0, len(requests), size):
                 batch = requests[first : first + size]
@@ -185,14 +190,6 @@ class LocateEditor(ConfiguredEditor[HP]):
                     arch.mlp_out_transposed,
                     mapped_keys,
                 )
-        except BaseException:
-            restore = True
-            raise
-        finally:
-            if restore:
-                with torch.no_grad():
-                    for layer, param in params.items():
-                        param.copy_(originals[layer])
         run.time("total", time.perf_counter() - started)
         patch = WeightPatch(
             {names[layer]: totals[layer] for layer in hp.layers},

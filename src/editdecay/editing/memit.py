@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from editdecay.editing.editor import EditRun, LocateEditor
+from editdecay.editing.editor import EditRun, LocateEditor, layer_moments, moment_or_identity
 from editdecay.editing.hparams import MemitHyperParams
 from editdecay.editing.solve import memit_delta
 
@@ -16,8 +16,7 @@ class MemitEditor(LocateEditor[MemitHyperParams]):
     hparams_class = MemitHyperParams
 
     def _prepare(self, hp: MemitHyperParams, run: EditRun) -> dict[int, torch.Tensor | None]:
-        # mom2_adjustment = False: C = I (no statistic), as in the reference.
-        return {layer: run.stats[layer].moment if layer in run.stats else None for layer in hp.layers}
+        return layer_moments(hp, run)
 
     def _layer_delta(
         self,
@@ -28,7 +27,5 @@ class MemitEditor(LocateEditor[MemitHyperParams]):
         prepared: dict[int, torch.Tensor | None],
         state: None,
     ) -> torch.Tensor:
-        moment = prepared[layer]
-        if moment is None:
-            moment = torch.eye(keys.shape[0], dtype=torch.float64)
-        return memit_delta(residual, keys, moment.to(keys.device), hp.mom2_update_weight, layer=layer)
+        moment = moment_or_identity(prepared[layer], keys)
+        return memit_delta(residual, keys, moment, hp.mom2_update_weight, layer=layer)

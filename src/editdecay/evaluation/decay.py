@@ -93,16 +93,7 @@ def decay_summary(per_edit: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
             summary[f"delta_{name}_pp"] = None if before is None or after is None else before - after
         summary["decrease_rate"] = None if not es_before or es_after is None else (es_before - es_after) / es_before
         flips = flip_counts(med["success"], med_ft["success"])
-        summary.update(
-            {
-                "efr": flips["flip_ratio"],
-                "flips": flips["flips"],
-                "successes_after_edit": flips["successes_before"],
-                "reverse_flip_ratio": flips["reverse_flip_ratio"],
-                "reverse_flips": flips["reverse_flips"],
-                "failures_after_edit": flips["failures_before"],
-            }
-        )
+        summary.update(_flip_fields(flips))
         classes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"))
         summary["outcomes"] = _outcome_counts(classes)
         if "gen_success" in med.columns:
@@ -112,6 +103,18 @@ def decay_summary(per_edit: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     return summary
 
 
+def _flip_fields(flips: dict[str, Any]) -> dict[str, Any]:
+    """`flip_counts` of Med -> Med_ft under the names of the decay summary."""
+    return {
+        "efr": flips["flip_ratio"],
+        "flips": flips["flips"],
+        "successes_after_edit": flips["successes_before"],
+        "reverse_flip_ratio": flips["reverse_flip_ratio"],
+        "reverse_flips": flips["reverse_flips"],
+        "failures_after_edit": flips["failures_before"],
+    }
+
+
 def _generation_decay(per_edit: Mapping[str, pd.DataFrame], med: pd.DataFrame, med_ft: pd.DataFrame) -> dict[str, Any]:
     """Decay of the generation family (§12) on the edits paired between Med and Med_ft."""
     before, after = _pct(med["gen_es"]), _pct(med_ft["gen_es"])
@@ -119,12 +122,7 @@ def _generation_decay(per_edit: Mapping[str, pd.DataFrame], med: pd.DataFrame, m
     classes = outcome_classes(per_edit["Med"], per_edit["Med_ft"], per_edit.get("M"), indicator="gen_success")
     return {
         "delta_es_pp": None if before is None or after is None else before - after,
-        "efr": flips["flip_ratio"],
-        "flips": flips["flips"],
-        "successes_after_edit": flips["successes_before"],
-        "reverse_flip_ratio": flips["reverse_flip_ratio"],
-        "reverse_flips": flips["reverse_flips"],
-        "failures_after_edit": flips["failures_before"],
+        **_flip_fields(flips),
         "outcomes": {name: int((classes["outcome"] == name).sum()) for name in OUTCOMES},
     }
 

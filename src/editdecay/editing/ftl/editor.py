@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from editdecay.data import EditRequest
-from editdecay.editing.configured import ConfiguredEditor, restored_on_exit
+from editdecay.editing.configured import ConfiguredEditor, checked_requests, restored_on_exit
 from editdecay.editing.edit_loss import model_logits, target_batch, target_nll
 from editdecay.editing.ftl.hparams import FtlHyperParams
 from editdecay.editing.patch import WeightPatch, add_delta
 from editdecay.editing.protocol import EditContext
-from editdecay.editing.subject import EditInputError, check_request
-from editdecay.models import ModelShape, arch_for, check_layers, default_edit_layers, model_fingerprint
+from editdecay.models import ModelShape, arch_for, default_edit_layers, model_fingerprint
 from editdecay.models.arch import known_model, known_model_named
 
 # Measured (docs/algorithms.md §11): SmolLM2-135M's weights need a far wider bound than the published 5e-4, which
@@ -54,20 +53,10 @@ class FtlEditor(ConfiguredEditor[FtlHyperParams]):
         window = default_edit_layers(shape)
         return {"layers": [window[len(window) // 2]]}
 
-    def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> FtlHyperParams:
-        shape = ModelShape.of(model)
-        hp = self.merged_hparams(shape)
-        check_layers(shape, hp.layers)
-        return hp
-
     def edit(
         self, model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], context: EditContext | None = None
     ) -> WeightPatch:
-        requests = list(requests)
-        if not requests:
-            raise EditInputError("No edit requests given.")
-        for request in requests:
-            check_request(request)
+        requests = checked_requests(requests)
         context = context or EditContext()
         hp = self.resolved_hparams(model)
         fingerprint = context.fingerprint or model_fingerprint(model)

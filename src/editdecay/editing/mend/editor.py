@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from editdecay.data import EditRequest
-from editdecay.editing.configured import ConfiguredEditor, restored_on_exit
+from editdecay.editing.configured import ConfiguredEditor, checked_requests, restored_on_exit
 from editdecay.editing.edit_loss import model_logits, target_nll
 from editdecay.editing.mend.apply import EditedLayers, edit_batch, edit_factors, network_deltas
 from editdecay.editing.mend.hparams import MendHyperParams
@@ -26,8 +26,7 @@ from editdecay.editing.mend.store import MendStore
 from editdecay.editing.mend.training import frozen, training_records
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
 from editdecay.editing.protocol import EditContext
-from editdecay.editing.subject import EditInputError, check_request
-from editdecay.models import ModelShape, check_layers, default_cache_dir, model_fingerprint
+from editdecay.models import ModelShape, default_cache_dir, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +51,10 @@ class MendEditor(ConfiguredEditor[MendHyperParams]):
         # No presets: the defaults are the published settings and the layers the last 3 blocks (no warning).
         return self.hparams_class.from_dict({**self.fallback_settings(shape), **self.overrides}, source=self.source)
 
-    def resolved_hparams(self, model: nn.Module | ModelShape, device: str | None = None) -> MendHyperParams:
-        shape = ModelShape.of(model)
-        hp = self.merged_hparams(shape)
-        check_layers(shape, hp.layers)
-        return hp
-
     def edit(
         self, model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], context: EditContext | None = None
     ) -> WeightPatch:
-        requests = list(requests)
-        if not requests:
-            raise EditInputError("No edit requests given.")
-        for request in requests:
-            check_request(request)
+        requests = checked_requests(requests)
         context = context or EditContext()
         hp = self.resolved_hparams(model)
         fingerprint = context.fingerprint or model_fingerprint(model)

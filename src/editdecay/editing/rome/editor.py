@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from editdecay.editing.editor import EditRun, LocateEditor
+from editdecay.editing.editor import EditRun, LocateEditor, layer_moments, moment_or_identity
 from editdecay.editing.hparams import fallback_hparams
 from editdecay.editing.rome.hparams import RomeHyperParams, rome_preset, rome_preset_for
 from editdecay.editing.solve import SolveError, check_finite
@@ -63,7 +63,7 @@ class RomeEditor(LocateEditor[RomeHyperParams]):
         return {**fallback_hparams(shape), "layers": [window[len(window) // 2]]}
 
     def _prepare(self, hp: RomeHyperParams, run: EditRun) -> dict[int, torch.Tensor | None]:
-        return {layer: run.stats[layer].moment if layer in run.stats else None for layer in hp.layers}
+        return layer_moments(hp, run)
 
     def _layer_delta(
         self,
@@ -74,7 +74,4 @@ class RomeEditor(LocateEditor[RomeHyperParams]):
         prepared: dict[int, torch.Tensor | None],
         state: None,
     ) -> torch.Tensor:
-        moment = prepared[layer]
-        if moment is None:  # mom2_adjustment = False: C = I
-            moment = torch.eye(keys.shape[0], dtype=torch.float64)
-        return rome_delta(residual, keys, moment.to(keys.device), layer=layer)
+        return rome_delta(residual, keys, moment_or_identity(prepared[layer], keys), layer=layer)
