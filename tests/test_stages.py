@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from editdecay.config import ExperimentConfig, load_grid
-from editdecay.evaluation import GroupScores, groups
+from editdecay.evaluation import GroupScores, SeparateModels, groups
 from editdecay.evaluation.groups import downstream_accuracy
 from editdecay.experiments import stages
 
@@ -64,8 +64,9 @@ def test_evaluate_stage_passes_the_generate_settings(tmp_path: Path, monkeypatch
         return path
 
     # The stage reads only the config, the base tokenizer, the group's model and `stage`.
-    run = SimpleNamespace(config=config, base=SimpleNamespace(tokenizer="tok"), models={"M": "model"}, stage=stage)
-    scores = stages.evaluate_stage(run, "M", [], [], "key")  # type: ignore[arg-type]
+    run = SimpleNamespace(config=config, base=SimpleNamespace(tokenizer="tok"), stage=stage)
+    models = SeparateModels({"M": "model"})  # type: ignore[dict-item]
+    scores = stages.evaluate_stage(run, models, "M", [], [], "key")  # type: ignore[arg-type]
     assert set(scores.tables()) == {"edits", "downstream"}
     assert calls == [
         {

@@ -28,6 +28,7 @@ from editdecay.evaluation.groups import (
     summarize_groups,
     write_summary,
 )
+from editdecay.evaluation.model_groups import ModelGroups, SeparateModels
 
 __all__ = [
     "DECAY_DEFINITIONS",
@@ -38,7 +39,9 @@ __all__ = [
     "SIMILARITIES",
     "TASKS",
     "GroupScores",
+    "ModelGroups",
     "ProbePrompt",
+    "SeparateModels",
     "Summary",
     "TaskItem",
     "activation_shift",

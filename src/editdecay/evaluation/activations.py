@@ -4,7 +4,8 @@ h_l(x) is the output of block l (the residual stream after it) at one token of p
 token, or the last token of the subject. For each layer, over prompts X:
   drift "A-B"        = mean_x ||h^A_l(x) - h^B_l(x)||
   similarity "cos(A-B, C-D)" = mean_x <Δ1, Δ2> / (||Δ1|| ||Δ2|| + 1e-8), Δ1 = h^A - h^B, Δ2 = h^C - h^D.
-Prompts are streamed in batches and only per-layer sums are kept, so memory does not grow with |X|.
+Prompts are streamed in rounds and only per-layer sums are kept, so memory does not grow with |X|, and the groups
+are used one after another, so one resident model can serve them all (evaluation/model_groups.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from tqdm.auto import tqdm
 from editdecay.data import EditRequest
 from editdecay.data.tasks import TaskItem, alpaca_prompt
 from editdecay.evaluation.batching import PadSide, inference, pad_batch, special_prefix
-from editdecay.models import arch_for, get_module, num_blocks, pad_id_of
+from editdecay.evaluation.model_groups import ModelGroups, as_model_groups
+from editdecay.models import ModelShape, arch_for, get_module, num_blocks, pad_id_of
 from editdecay.models.hooks import hidden_of
 
 EPS = 1e-8
+# What one round of prompts may hold of captured states, all groups together (see activation_shift).
+ROUND_BYTES = 1 << 30
 Position = Literal["last", "subject"]
 DRIFTS: dict[str, tuple[str, str]] = {
     "Med-M": ("Med", "M"),
@@ -89,9 +93,13 @@ def probe_prompts(
     return edit + downstream
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
+def _unwrapped(model: nn.Module) -> nn.Module:
     get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper's blocks are its base model's
-    base: nn.Module = get_base_model() if get_base_model is not None else model
+    return get_base_model() if get_base_model is not None else model
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    base = _unwrapped(model)
     arch = arch_for(base)
     return [get_module(base, arch.block_path(i)) for i in range(num_blocks(base))]
 
@@ -131,8 +139,38 @@ def _tokenize(tokenizer, prompts: Sequence[ProbePrompt], position: Position) -> 
     return result
 
 
+def _round_size(layers: int, width: int, groups: int, batch_size: int) -> int:
+    """Prompts per round: as many whole batches as keep every group's captured states (float64) within
+    ROUND_BYTES, and at least one batch."""
+    per_prompt = layers * width * 8 * groups
+    return max(1, ROUND_BYTES // (per_prompt * batch_size)) * batch_size
+
+
+def _hidden_states(
+    model: nn.Module,
+    encoded: list[tuple[list[int], int, bool]],
+    chunk: list[int],
+    pad: int,
+    side: PadSide,
+) -> torch.Tensor:
+    """(prompts, layers, width) float64: every block's output at each prompt's read position."""
+    blocks = _blocks(model)
+    with inference(model) as device:
+        batch = pad_batch([encoded[i][0] for i in chunk], pad, side, device)
+        positions = torch.tensor([batch.offsets[r] + encoded[i][1] for r, i in enumerate(chunk)])
+        captured: dict[int, torch.Tensor] = {}
+        with _capture(blocks, positions, captured):
+            model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                logits_to_keep=1,
+            )
+    return torch.stack([captured[layer] for layer in range(len(blocks))], dim=1).cpu().double()
+
+
 def activation_shift(
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module] | ModelGroups,
     tokenizer,
     prompts: Sequence[str] | Sequence[ProbePrompt],
     *,
@@ -148,23 +186,29 @@ def activation_shift(
     similarity rows. `position` records which token was read; with "subject", prompts without a subject
     use their last token (`n_subject` counts the prompts read at a subject token). `by_source` adds rows per
     prompt source ("edit", "downstream") beside "all".
+
+    The groups are used one at a time (`ModelGroups.use`, so one resident model serves them all): prompts go in
+    rounds, each round runs every group over its prompts and keeps their states, and only per-layer sums outlive
+    the round, so memory is bounded by ROUND_BYTES whatever the number of prompts.
     """
     if position not in ("last", "subject"):
         raise ValueError(f"position must be 'last' or 'subject', got {position!r}")
+    groups = as_model_groups(models)
+    names = list(groups.names)
     probes = [p if isinstance(p, ProbePrompt) else ProbePrompt(p, "text") for p in prompts]
     if not probes:
         raise ValueError("activation_shift got no prompts.")
-    drifts = {name: pair for name, pair in DRIFTS.items() if set(pair) <= set(models)}
-    sims = {name: pairs for name, pairs in SIMILARITIES.items() if set(pairs[0]) | set(pairs[1]) <= set(models)}
+    drifts = {name: pair for name, pair in DRIFTS.items() if set(pair) <= set(names)}
+    sims = {name: pairs for name, pairs in SIMILARITIES.items() if set(pairs[0]) | set(pairs[1]) <= set(names)}
     if not drifts:
-        raise ValueError(
-            f"activation_shift needs at least a pair of groups among {sorted(DRIFTS)}; got {sorted(models)}."
-        )
-    blocks = {group: _blocks(model) for group, model in models.items()}
-    n_layers = {len(b) for b in blocks.values()}
-    if len(n_layers) != 1:
-        raise ValueError(f"The models have different numbers of blocks: { {g: len(b) for g, b in blocks.items()} }")
-    layers = n_layers.pop()
+        raise ValueError(f"activation_shift needs at least a pair of groups among {sorted(DRIFTS)}; got {names}.")
+    shapes = {}
+    for group in names:
+        with groups.use(group) as model:
+            shapes[group] = (len(_blocks(model)), ModelShape.of(_unwrapped(model)).hidden_size)
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"The models have different numbers of blocks or widths: {shapes}")
+    layers, width = shapes[names[0]]
     encoded = _tokenize(tokenizer, probes, position)
     sets = ["all", *sorted({p.source for p in probes})] if by_source else ["all"]
     sums = {(s, name): torch.zeros(layers, dtype=torch.float64) for s in sets for name in (*drifts, *sims)}
@@ -173,34 +217,30 @@ def activation_shift(
     pad = pad_id_of(tokenizer)
     side: PadSide = "left" if tokenizer.padding_side == "left" else "right"
     order = sorted(range(len(probes)), key=lambda i: len(encoded[i][0]), reverse=True)
-    bar = tqdm(total=len(order) * len(models), desc="activations", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        hidden: dict[str, torch.Tensor] = {}
-        for group, model in models.items():
-            with inference(model) as device:
-                batch = pad_batch([encoded[i][0] for i in chunk], pad, side, device)
-                positions = torch.tensor([batch.offsets[r] + encoded[i][1] for r, i in enumerate(chunk)])
-                captured: dict[int, torch.Tensor] = {}
-                with _capture(blocks[group], positions, captured):
-                    model(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids,
-                        logits_to_keep=1,
-                    )
-                hidden[group] = torch.stack([captured[layer] for layer in range(layers)], dim=1).cpu().double()
-            bar.update(len(chunk))
-        per_prompt = {name: (hidden[a] - hidden[b]).norm(dim=-1) for name, (a, b) in drifts.items()}
-        for name, ((a, b), (c, d)) in sims.items():
-            d1, d2 = hidden[a] - hidden[b], hidden[c] - hidden[d]
-            per_prompt[name] = (d1 * d2).sum(-1) / (d1.norm(dim=-1) * d2.norm(dim=-1) + EPS)
-        for row, i in enumerate(chunk):
-            for s in ("all", probes[i].source) if by_source else ("all",):
-                counts[s] += 1
-                subject_counts[s] += encoded[i][2]
-                for name, values in per_prompt.items():
-                    sums[(s, name)] += values[row]
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    per_round = _round_size(layers, width, len(names), batch_size) // batch_size
+    bar = tqdm(total=len(order) * len(names), desc="activations", unit="prompt", disable=not progress, leave=False)
+    for first in range(0, len(chunks), per_round):
+        round_chunks = chunks[first : first + per_round]
+        hidden: dict[str, list[torch.Tensor]] = {}
+        for group in names:
+            with groups.use(group) as model:
+                hidden[group] = []
+                for chunk in round_chunks:
+                    hidden[group].append(_hidden_states(model, encoded, chunk, pad, side))
+                    bar.update(len(chunk))
+        for index, chunk in enumerate(round_chunks):
+            states = {group: hidden[group][index] for group in names}
+            per_prompt = {name: (states[a] - states[b]).norm(dim=-1) for name, (a, b) in drifts.items()}
+            for name, ((a, b), (c, d)) in sims.items():
+                d1, d2 = states[a] - states[b], states[c] - states[d]
+                per_prompt[name] = (d1 * d2).sum(-1) / (d1.norm(dim=-1) * d2.norm(dim=-1) + EPS)
+            for row, i in enumerate(chunk):
+                for s in ("all", probes[i].source) if by_source else ("all",):
+                    counts[s] += 1
+                    subject_counts[s] += encoded[i][2]
+                    for name, values in per_prompt.items():
+                        sums[(s, name)] += values[row]
     bar.close()
     records = []
     for s in sets:

@@ -4,7 +4,8 @@
    what a run caches as its "evaluate <group>" artifact;
 2. `summarize_groups`: a pure function of those tables for every group: per-edit metrics (with `ns_agreement`
    against M), per-group metrics, decay, outcome classes, the control summary, downstream accuracy by group;
-3. `group_activations`: the activation shift, its own step because it needs every model at once.
+3. `group_activations`: the activation shift, its own step because it compares the groups prompt by prompt
+   (it uses them one at a time through `ModelGroups`, so one resident model can serve them all).
 
 `editdecay evaluate` (`evaluate_groups`) and the experiment runner both go through these functions and write the
 same tables with `write_summary`; a run adds only its `run_id` column and its own files.
@@ -27,6 +28,7 @@ from editdecay.evaluation.decay import GROUPS, control_summary, decay_summary, o
 from editdecay.evaluation.downstream import AnswerExtraction, Mode, evaluate_tasks, task_accuracy
 from editdecay.evaluation.edit_metrics import edit_metrics, neighborhood_agreement, summarize_edit_metrics
 from editdecay.evaluation.edit_scoring import score_edits
+from editdecay.evaluation.model_groups import ModelGroups, as_model_groups
 from editdecay.storage import atomic_write_json, atomic_write_parquet
 
 SCORE_TABLES = ("edits", "control", "downstream")
@@ -105,10 +107,13 @@ def score_group(
     return GroupScores(edits, control_table, downstream)
 
 
+def _check_names(names: Sequence[str]) -> None:
+    if set(names) - set(GROUPS) or not names:
+        raise ValueError(f"Model groups must be among {GROUPS}; got {sorted(names)}.")
+
+
 def _ordered(groups: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown or not groups:
-        raise ValueError(f"Model groups must be among {GROUPS}; got {sorted(groups)}.")
+    _check_names(list(groups))
     return {g: groups[g] for g in GROUPS if g in groups}
 
 
@@ -221,7 +226,7 @@ def task_items(tasks: Sequence[str], data_dir: str | Path | None, limit: int | N
 
 
 def group_activations(
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module] | ModelGroups,
     tokenizer,
     requests: Sequence[EditRequest],
     items: Sequence[TaskItem] = (),
@@ -233,8 +238,10 @@ def group_activations(
 ) -> pd.DataFrame:
     """`activation_shift` between the groups over `probe_prompts(requests, items, limit=prompts)`, with
     `edited_layer` when the edited layers are known."""
+    groups = as_model_groups(_ordered(models) if isinstance(models, Mapping) else models)
+    _check_names(groups.names)
     table = activation_shift(
-        _ordered(models),
+        groups,
         tokenizer,
         probe_prompts(requests, items, limit=prompts),
         batch_size=batch_size,

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import nn
-
 from editdecay.config import ExperimentConfig
 from editdecay.experiments.resolve import ResolvedExperiment
 from editdecay.experiments.store import ArtifactStore
@@ -22,21 +20,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """The base model M, the resolved configuration, the store, and the model groups built so far."""
+    """The base model M, the resolved configuration, the store, and what the run's stages executed."""
 
     base: LoadedModel
     resolved: ResolvedExperiment
     store: ArtifactStore
     dtypes: DtypeResolver
-    models: dict[str, nn.Module] = field(default_factory=dict)
     executed: list[str] = field(default_factory=list)  # stages computed by this run (the rest were reused)
     timings: dict[str, float] = field(default_factory=dict)
     # the process's peak resident memory (MiB) when each executed stage ended: a high-water mark, so a stage's
     # own peak is at most its figure (and exactly it when the figure rises at that stage)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.models.setdefault("M", self.base.model)
 
     @property
     def config(self) -> ExperimentConfig:

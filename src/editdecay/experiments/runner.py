@@ -1,4 +1,5 @@
 """`run_experiment`: the four model groups of the study (M, Med, Mft, Med_ft), evaluated, in one run directory.
+The groups share one resident model (experiments/resident.py).
 
 Every expensive stage is an artifact in the store, keyed by its inputs: a rerun reuses what exists, a killed
 run resumes where it stopped, and configurations that share a stage share its artifact.
@@ -60,9 +61,11 @@ def run_experiment(
     keys = stage_keys(run.resolved)
 
     patch = stages.edit_stage(run, requests, keys["patch"])
-    curve = stages.build_groups(run, patch, keys, requests, control)
-    scores = {group: stages.evaluate_stage(run, group, requests, control, keys[f"eval_{group}"]) for group in GROUPS}
-    activations = stages.activation_stage(run, requests, keys["activations"], patch.layers)
+    groups, curve = stages.build_groups(run, patch, keys, requests, control)
+    scores = {
+        group: stages.evaluate_stage(run, groups, group, requests, control, keys[f"eval_{group}"]) for group in GROUPS
+    }
+    activations = stages.activation_stage(run, groups, requests, keys["activations"], patch.layers)
 
     stages.write_run_dir(
         run,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import platform
 from pathlib import Path
@@ -18,8 +17,8 @@ from editdecay.data.fact_statements import fact_statements, mix_statements
 from editdecay.durability import strategy
 from editdecay.editing import EditContext, StatsStore, TargetStore, WeightPatch, build_editor
 from editdecay.evaluation import (
-    GROUPS,
     GroupScores,
+    ModelGroups,
     group_activations,
     score_group,
     summarize_groups,
@@ -29,7 +28,8 @@ from editdecay.evaluation import (
 from editdecay.evaluation.curve import curve_summary, edit_curve_measure
 from editdecay.evaluation.groups import task_items
 from editdecay.experiments.context import RunContext
-from editdecay.finetuning import CurveProbe, FinetuneResult, finetune, load_finetuned
+from editdecay.experiments.resident import ResidentGroups
+from editdecay.finetuning import CurveProbe, FinetuneResult, finetune
 from editdecay.storage import atomic_write_json, atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -104,35 +104,35 @@ def build_groups(
     keys: dict[str, str],
     requests: list[EditRequest],
     control: list[EditRequest],
-) -> pd.DataFrame | None:
+) -> tuple[ResidentGroups, pd.DataFrame | None]:
     """Med = M + patch; Mft = fine-tuned M; Med_ft = fine-tuned Med under `finetune.strategy` (with `reedit`: Mft
-    edited by the same editor), each a separate model object. Returns Med's decay curve (the edits and control facts
-    scored during its fine-tuning) when `evaluation.curve_every` is set (and Med is fine-tuned)."""
+    edited by the same editor), all on the one resident base model (experiments/resident.py). Returns the groups
+    and Med's decay curve (the edits and control facts scored during its fine-tuning) when
+    `evaluation.curve_every` is set (and Med is fine-tuned)."""
     base, config = run.base, run.config
-    med = copy.deepcopy(base.model)
-    patch.apply(med, fingerprint=base.fingerprint)  # med is a copy of the base: its fingerprint is known
-    run.models["Med"] = med
-    ft_base = _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers, requests)
-    run.models["Mft"] = load_finetuned(base.model, FinetuneResult.load(ft_base), merge=True)
+    groups = ResidentGroups(base.model, base.fingerprint)
+    groups.define("Med", [patch])
+    ft_base = FinetuneResult.load(
+        _finetune(run, "finetune M", keys["ft_base"], base.model, base.fingerprint, patch.layers, requests)
+    )
+    groups.define("Mft", [ft_base])
     if strategy(config.finetune.strategy).reedits:
         if config.evaluation.curve_every is not None:
             log.warning("No decay curve with finetune.strategy=reedit: the edited model is not fine-tuned.")
-        reedit = edit_stage(run, requests, keys["ft_edited"], model=run.models["Mft"], name="reedit Mft")
-        med_ft = copy.deepcopy(run.models["Mft"])
-        reedit.apply(med_ft)
-        run.models["Med_ft"] = med_ft
-        evaluation_dtype(run.models)
-        return None
+        with groups.use("Mft") as mft:
+            reedit = edit_stage(run, requests, keys["ft_edited"], model=mft, name="reedit Mft")
+        groups.define("Med_ft", [ft_base, reedit])
+        return groups, None
     probe = None
     if config.evaluation.curve_every is not None:
         measure = edit_curve_measure(base.tokenizer, requests, control, batch_size=config.evaluation.batch_size)
         probe = CurveProbe(config.evaluation.curve_every, measure)
-    ft_edited = _finetune(
-        run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe, patch
-    )
-    run.models["Med_ft"] = load_finetuned(med, FinetuneResult.load(ft_edited), merge=True)
-    evaluation_dtype(run.models)  # fails now, before any evaluation, if the groups' precisions differ
-    return FinetuneResult.load(ft_edited).curve if probe else None
+    with groups.use("Med") as med:
+        ft_edited = _finetune(
+            run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe, patch
+        )
+    groups.define("Med_ft", [patch, FinetuneResult.load(ft_edited)])
+    return groups, FinetuneResult.load(ft_edited).curve if probe else None
 
 
 def _task_names(run: RunContext) -> tuple[list[str], Path | None]:
@@ -145,33 +145,40 @@ def _task_names(run: RunContext) -> tuple[list[str], Path | None]:
 
 
 def evaluate_stage(
-    run: RunContext, group: str, requests: list[EditRequest], control: list[EditRequest], key: str
+    run: RunContext,
+    groups: ModelGroups,
+    group: str,
+    requests: list[EditRequest],
+    control: list[EditRequest],
+    key: str,
 ) -> GroupScores:
     """`score_group` of one model group: its edit table, control table and downstream records."""
     evaluation = run.config.evaluation
-    model, tokenizer = run.models[group], run.base.tokenizer
+    tokenizer = run.base.tokenizer
 
     def compute(path: Path) -> None:
         tasks, data_dir = _task_names(run)
-        score_group(
-            model,
-            tokenizer,
-            requests,
-            control,
-            tasks=tasks,
-            data_dir=data_dir,
-            task_mode=evaluation.task_mode,
-            task_limit=evaluation.task_limit,
-            num_beams=evaluation.num_beams,
-            answer_extraction=evaluation.answer_extraction,
-            batch_size=evaluation.batch_size,
-        ).save(path)
+        with groups.use(group) as model:
+            scores = score_group(
+                model,
+                tokenizer,
+                requests,
+                control,
+                tasks=tasks,
+                data_dir=data_dir,
+                task_mode=evaluation.task_mode,
+                task_limit=evaluation.task_limit,
+                num_beams=evaluation.num_beams,
+                answer_extraction=evaluation.answer_extraction,
+                batch_size=evaluation.batch_size,
+            )
+        scores.save(path)
 
     return GroupScores.load(run.stage(f"evaluate {group}", "evals", key, compute))
 
 
 def activation_stage(
-    run: RunContext, requests: list[EditRequest], key: str, edit_layers: list[int]
+    run: RunContext, groups: ModelGroups, requests: list[EditRequest], key: str, edit_layers: list[int]
 ) -> pd.DataFrame | None:
     evaluation = run.config.evaluation
     if not evaluation.activations:
@@ -180,7 +187,7 @@ def activation_stage(
     def compute(path: Path) -> None:
         tasks, data_dir = _task_names(run)
         table = group_activations(
-            {g: run.models[g] for g in GROUPS},
+            groups,
             run.base.tokenizer,
             requests,
             task_items(tasks, data_dir, evaluation.task_limit),
@@ -227,20 +234,11 @@ def write_run_dir(
         "stage_seconds": run.timings,
         "stage_peak_rss_mib": run.peak_rss_mib,
         "wall_seconds": wall_seconds,
-        "evaluation_dtype": evaluation_dtype(run.models),
+        "evaluation_dtype": str(next(run.base.model.parameters()).dtype).removeprefix("torch."),
         "resolved": _resolved_record(run),
     }
     write_summary(result, run_dir, record, run_id=run_id)
     atomic_write_text(run_dir / "DONE", "ok\n")
-
-
-def evaluation_dtype(models: dict[str, nn.Module]) -> str:
-    """The one dtype every group was evaluated in; mixed precisions would mix the fine-tuning effect with a
-    precision change in ES/EFR, downstream deltas and activation drifts."""
-    dtypes = {group: str(next(model.parameters()).dtype).removeprefix("torch.") for group, model in models.items()}
-    if len(set(dtypes.values())) != 1:
-        raise RuntimeError(f"The model groups are in different dtypes {dtypes}; they must share one precision.")
-    return next(iter(dtypes.values()))
 
 
 def _resolved_record(run: RunContext) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +56,10 @@ class FinetuneMethod(Protocol):
     def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
         """A new fine-tuned model built from a copy of `base` and the files in `directory`."""
 
+    def merged_weights(self, base: nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+        """Parameter name -> the value `load(base, directory, merge=True)` gives it, for every parameter the
+        result changes, without copying the model (what a resident model swaps in; experiments/resident.py)."""
+
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a Linear or of GPT-2's Conv1D (whose weight is stored transposed)."""
@@ -81,6 +87,14 @@ def _finish(model: nn.Module, base: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+@contextmanager
+def _peft_deprecation_quiet() -> Iterator[None]:
+    """peft 0.21's PeftModel reads `is_gradient_checkpointing`, which transformers 5 deprecates (not ours)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 class FullFinetune:
@@ -116,6 +130,18 @@ class FullFinetune:
                 param.add_(delta)
         return _finish(model, base)
 
+    def merged_weights(self, base: nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+        merged = {}
+        for name, delta in load_file(str(directory / DELTA_FILE)).items():
+            param = base.get_parameter(name)
+            if param.shape != delta.shape:
+                raise ValueError(
+                    f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
+                    f"the model's parameter has {tuple(param.shape)}"
+                )
+            merged[name] = (param.detach().float() + delta.to(param.device)).to(param.dtype)
+        return merged
+
 
 class LoraFinetune:
     default_lr = 2e-4
@@ -147,9 +173,7 @@ class LoraFinetune:
         )
         # The adapter initialisation draws from torch's global generator: seed it for reproducibility.
         torch.manual_seed(spec.seed)
-        with warnings.catch_warnings():
-            # peft 0.21's PeftModel reads `is_gradient_checkpointing`, which transformers 5 deprecates (not ours).
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with _peft_deprecation_quiet():
             return get_peft_model(model, config)
 
     def save(self, trained: nn.Module, base: nn.Module, directory: Path) -> None:
@@ -164,10 +188,30 @@ class LoraFinetune:
         model = _as_float32_copy(base) if merge else copy.deepcopy(base)
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
+        with _peft_deprecation_quiet():
+            peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
         if merge:
             return _finish(peft_model.merge_and_unload(), base)
         return _finish(peft_model.get_base_model(), base)
+
+    def merged_weights(self, base: nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+
+        # A copy of the module tree that SHARES every parameter with `base`; PEFT wraps the adapted modules of the
+        # copy, and each adapted weight is replaced by a private float32 copy before merging (as `load` merges in
+        # float32), so `base` is never written to and only the adapted weights are duplicated.
+        shell = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
+        with _peft_deprecation_quiet():
+            peft_model = PeftModel.from_pretrained(shell, str(directory / ADAPTER_DIR), is_trainable=False)
+        adapted = {name: m for name, m in peft_model.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+        for layer in adapted.values():
+            base_layer = layer.get_base_layer()
+            weight = base_layer.get_parameter("weight")
+            base_layer.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        merged_model = peft_model.merge_and_unload()
+        dtype = next(base.parameters()).dtype
+        return {f"{name}.weight": merged_model.get_submodule(name).weight.detach().to(dtype) for name in adapted}
 
 
 FINETUNE_METHODS: dict[str, FinetuneMethod] = {
