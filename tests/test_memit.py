@@ -411,7 +411,7 @@ def test_memit_on_smollm2_edits_at_least_9_of_10(smollm2, smollm2_stats) -> None
 
 def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MEMIT and AlphaEdit on the same model and requests optimise targets once; the patches are unchanged."""
-    import editdecay.editing.editor as editor_module
+    import editdecay.editing.target_values as target_values
     from editdecay.editing import TargetStore
 
     model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
@@ -423,8 +423,8 @@ def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pyte
     }
 
     calls = []
-    real = editor_module.compute_targets
-    monkeypatch.setattr(editor_module, "compute_targets", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = target_values._optimise
+    monkeypatch.setattr(target_values, "_optimise", lambda *a, **k: calls.append(1) or real(*a, **k))
     store = TargetStore(tmp_path / "targets")
     shared = {
         name: build_editor(name, fast_hparams(corpus)).edit(
@@ -447,3 +447,35 @@ def test_target_store_shares_targets_between_editors(tmp_path, monkeypatch: pyte
         tiny_model("llama", seed=1), tok, requests, EditContext(stats=stats, targets=store)
     )
     assert len(calls) == 4
+
+
+def test_a_killed_target_optimisation_resumes_at_the_first_unsaved_chunk(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of z_batch_size requests are stored one by one: a run killed in its third chunk recomputes only that
+    chunk, and its patch equals an uninterrupted run's."""
+    import editdecay.editing.target_values as target_values
+    from editdecay.editing import TargetStore
+
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    corpus, stats = write_corpus(tmp_path), StatsStore(tmp_path / "stats")
+    requests, hparams = capital_requests(4), fast_hparams(corpus, z_batch_size=1)
+    reference = build_editor("memit", hparams).edit(model, tok, requests, EditContext(stats=stats))
+
+    real, calls = target_values._optimise, []
+
+    def killed_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    store = TargetStore(tmp_path / "targets")
+    monkeypatch.setattr(target_values, "_optimise", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_editor("memit", hparams).edit(model, tok, requests, EditContext(stats=stats, targets=store))
+    monkeypatch.setattr(target_values, "_optimise", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = build_editor("memit", hparams).edit(model, tok, requests, EditContext(stats=stats, targets=store))
+    assert len(calls) == 3 + 2  # chunks 1 and 2 were read back; 3 (interrupted) and 4 were optimised
+    for param, delta in reference.deltas.items():
+        assert torch.equal(resumed.deltas[param], delta), param

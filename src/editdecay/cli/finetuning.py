@@ -57,6 +57,11 @@ def finetune_command(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations (and the loss in chunks) in the backward pass: same loss, far less memory.",
     ),
+    max_forward_tokens: int | None = typer.Option(
+        SPEC_DEFAULTS["max_forward_tokens"],
+        "--max-forward-tokens",
+        help="Run each micro-batch in pieces of at most this many padded tokens: same loss, less memory.",
+    ),
     warmup_steps: int = typer.Option(SPEC_DEFAULTS["warmup_steps"], "--warmup-steps"),
     warmup_ratio: float = typer.Option(SPEC_DEFAULTS["warmup_ratio"], "--warmup-ratio"),
     lr_schedule: str = typer.Option(
@@ -119,6 +124,7 @@ def finetune_command(
             batch_size=batch_size,
             grad_accum=grad_accum,
             gradient_checkpointing=gradient_checkpointing,
+            max_forward_tokens=max_forward_tokens,
             warmup_steps=warmup_steps,
             warmup_ratio=warmup_ratio,
             lr_schedule=lr_schedule,  # type: ignore[arg-type]  # checked by FinetuneSpec

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -218,15 +218,17 @@ class LocateEditor(ConfiguredEditor[HP]):
         settings = hp.target_settings()
         tick = time.perf_counter()
 
-        def optimise() -> TargetResult:
-            return compute_targets(model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size)
+        chunk_cache = None
+        # Only the first batch sees the model whose fingerprint (run.fingerprint) keys the cache; its chunks of
+        # z_batch_size requests are stored one by one, so a killed run resumes at the first unsaved chunk.
+        if (store := run.target_store) is not None and not run.batches:
 
-        # Only the first batch sees the model whose fingerprint (run.fingerprint) keys the cache.
-        if run.target_store is not None and not run.batches:
-            key = TargetKey.of(run.fingerprint, batch, run.contexts, settings, hp.z_batch_size)
-            targets = run.target_store.get(key, optimise)
-        else:
-            targets = optimise()
+            def chunk_cache(chunk: Sequence[EditRequest], compute: Callable[[], TargetResult]) -> TargetResult:
+                return store.get(TargetKey.of(run.fingerprint, chunk, run.contexts, settings, hp.z_batch_size), compute)
+
+        targets = compute_targets(
+            model, tokenizer, batch, run.contexts, settings, batch_size=hp.z_batch_size, chunk_cache=chunk_cache
+        )
         run.time("targets", time.perf_counter() - tick)
         record: dict[str, Any] = {
             "requests": len(batch),

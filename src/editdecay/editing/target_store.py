@@ -3,7 +3,8 @@
 The target optimisation only reads the model, the requests, the context templates and the target settings;
 MEMIT and AlphaEdit run the same optimisation on the same unedited model, so a grid over both editors needs
 it once. Only batches edited on the unmodified base model are cached (later sequential batches see a model
-that earlier batches changed).
+that earlier batches changed), one file per chunk of requests optimised together (`compute_targets`'s
+`chunk_cache`), so a long optimisation resumes at its first unsaved chunk.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Format of the files TargetStore writes, part of their key and path: bump when the code that writes them
 # (or computes what they hold) changes, so files of older code are never read.
-TARGETS_FORMAT = "targets/1"
+TARGETS_FORMAT = "targets/2"  # 2: one file per chunk of z_batch_size requests
 
 
 @dataclass(frozen=True)

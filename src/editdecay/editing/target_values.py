@@ -34,8 +34,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -122,6 +123,9 @@ class _Prepared:
         return _Prepared(self.hidden.to(dtype), self.template, past)
 
 
+ChunkCache = Callable[[Sequence[EditRequest], Callable[[], TargetResult]], TargetResult]
+
+
 def compute_targets(
     model: nn.Module,
     tokenizer,
@@ -132,32 +136,46 @@ def compute_targets(
     batch_size: int = 16,
     mode: Mode = "auto",
     progress: bool = True,
+    chunk_cache: ChunkCache | None = None,
 ) -> TargetResult:
-    """Optimise one z per request; `batch_size` requests are optimised together (1: one at a time)."""
+    """Optimise one z per request; `batch_size` requests are optimised together (1: one at a time).
+
+    Chunks are optimised one after another and hold only their own sequences, so memory does not grow with the
+    number of requests. `chunk_cache(chunk, compute)` returns a chunk's result, from a store or by calling
+    `compute`: with a store, a killed run resumes at the first chunk not yet saved.
+    """
     if not 0 <= settings.z_layer < num_blocks(model):
         raise ValueError(f"z layer {settings.z_layer} is outside the model ({num_blocks(model)} blocks).")
     start = time.perf_counter()
-    steps_model = _steps_model(model, settings.compute_dtype)
-    zs, inits, steps, losses, nlls, modes = [], [], [], [], [], []
-    total_steps = 0
+    steps_models: list[nn.Module] = []  # made on first use: chunks found in the cache need none
+
+    def optimise(chunk: list[EditRequest]) -> TargetResult:
+        tick = time.perf_counter()
+        if not steps_models:
+            steps_models.append(_steps_model(model, settings.compute_dtype))
+        batch = _build_batch(tokenizer, chunk, contexts)
+        chunk_mode = _choose_mode(model, batch, mode)
+        z, z_init, steps, losses, nlls, n_steps = _optimise(
+            model, steps_models[0], batch, settings, [r.case_id for r in chunk], chunk_mode
+        )
+        return TargetResult(z, z_init, steps, losses, nlls, time.perf_counter() - tick, n_steps, [chunk_mode])
+
+    parts: list[TargetResult] = []
     with tqdm(total=len(requests), desc="target values", unit="req", disable=not progress) as bar:
         for first in range(0, len(requests), batch_size):
             chunk = list(requests[first : first + batch_size])
-            batch = _build_batch(tokenizer, chunk, contexts)
-            chunk_mode = _choose_mode(model, batch, mode)
-            z, z_init, chunk_steps, chunk_losses, chunk_nlls, n_steps = _optimise(
-                model, steps_model, batch, settings, [r.case_id for r in chunk], chunk_mode
-            )
-            zs.append(z)
-            inits.append(z_init)
-            steps.extend(chunk_steps)
-            losses.extend(chunk_losses)
-            nlls.extend(chunk_nlls)
-            modes.append(chunk_mode)
-            total_steps += n_steps
+            compute = partial(optimise, chunk)
+            parts.append(chunk_cache(chunk, compute) if chunk_cache is not None else compute())
             bar.update(len(chunk))
     return TargetResult(
-        torch.cat(zs), torch.cat(inits), steps, losses, nlls, time.perf_counter() - start, total_steps, modes
+        torch.cat([p.z for p in parts]),
+        torch.cat([p.z_init for p in parts]),
+        [s for p in parts for s in p.steps],
+        [loss for p in parts for loss in p.final_loss],
+        [nll for p in parts for nll in p.final_nll],
+        time.perf_counter() - start,
+        sum(p.optimisation_steps for p in parts),
+        [m for p in parts for m in p.modes],
     )
 
 

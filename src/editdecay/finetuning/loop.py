@@ -88,6 +88,24 @@ def plan_steps(tokenized: Sequence[TokenizedExample], spec: FinetuneSpec) -> lis
     return steps[: spec.max_steps] if spec.max_steps else steps
 
 
+def forward_pieces(batch: Sequence[int], lengths: Sequence[int], max_tokens: int | None) -> list[list[int]]:
+    """`batch` cut, in order, into runs of rows whose padded size (rows x longest row) is at most `max_tokens`
+    (a row longer than that is a piece of its own); the whole batch when `max_tokens` is None."""
+    if max_tokens is None:
+        return [list(batch)]
+    pieces: list[list[int]] = []
+    longest = 0
+    for index in batch:
+        longest_with = max(longest, lengths[index])
+        if pieces and (len(pieces[-1]) + 1) * longest_with <= max_tokens:
+            pieces[-1].append(index)
+            longest = longest_with
+        else:
+            pieces.append([index])
+            longest = lengths[index]
+    return pieces
+
+
 def learning_rate(step: int, total: int, spec: FinetuneSpec) -> float:
     """Linear warmup to spec.lr over max(warmup_steps, ceil(warmup_ratio * total)) steps, then a linear decay to
     zero (`lr_schedule: linear`) or spec.lr to the end (`constant`)."""
@@ -237,6 +255,7 @@ def train(
     trainable = _trainable(trained)
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.lr or 0.0, weight_decay=spec.weight_decay)
     steps = plan_steps(tokenized, spec)
+    lengths = [len(example.input_ids) for example in tokenized]
     torch.manual_seed(spec.seed)
     state = (checkpoint.load(trained, optimizer) if checkpoint else None) or TrainState()
     device = next(trained.parameters()).device
@@ -255,8 +274,8 @@ def train(
             for group_params in optimizer.param_groups:
                 group_params["lr"] = learning_rate(step, len(steps), spec)
             step_loss, step_tokens = 0.0, 0
-            for batch in group:
-                inputs = {k: v.to(device) for k, v in collate([tokenized[i] for i in batch], pad_id).items()}
+            for piece in (p for batch in group for p in forward_pieces(batch, lengths, spec.max_forward_tokens)):
+                inputs = {k: v.to(device) for k, v in collate([tokenized[i] for i in piece], pad_id).items()}
                 with autocast(trained, spec):
                     loss = token_loss_sum(trained, inputs, chunked=spec.gradient_checkpointing) / n_targets
                 loss.backward()

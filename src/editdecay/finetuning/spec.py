@@ -34,7 +34,10 @@ class FinetuneSpec:
     (`auto`: bfloat16 where a probe measures it faster, see editdecay.models.precision); weights and optimizer
     state are always float32. `gradient_checkpointing` keeps only each block's input and recomputes the rest in the
     backward pass, and takes the loss's vocabulary projection in chunks of positions: the same loss and gradients
-    for much less memory and about a third more compute.
+    for much less memory and about a third more compute. `max_forward_tokens` splits each micro-batch into pieces of
+    rows whose padded size (rows x longest row) is at most that many tokens, run one after another with their
+    gradients summed: the step's examples, loss and gradients are unchanged (the loss is a sum over the step's
+    target tokens divided by their count), only the activation memory of one forward pass shrinks.
     """
 
     method: str = "lora"
@@ -60,6 +63,7 @@ class FinetuneSpec:
     max_steps: int | None = None
     val_fraction: float | None = None
     gradient_checkpointing: bool = False
+    max_forward_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in FINETUNE_METHODS:
@@ -90,6 +94,10 @@ class FinetuneSpec:
             (self.compute_dtype in COMPUTE_DTYPES, f"compute_dtype must be one of {COMPUTE_DTYPES}"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 or None"),
             (self.val_fraction is None or 0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1) or None"),
+            (
+                self.max_forward_tokens is None or self.max_forward_tokens >= 1,
+                "max_forward_tokens must be >= 1 or None",
+            ),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
