@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -141,3 +142,42 @@ def test_sequential_batches_accumulate_the_key_cache_and_state_round_trips(tmp_p
 def test_alphaedit_on_smollm2_edits_at_least_9_of_10(smollm2, smollm2_stats) -> None:
     store, overrides = smollm2_stats
     assert edit_success(smollm2, build_editor("alphaedit", overrides), store) >= 9
+
+
+def test_a_killed_sequential_edit_resumes_at_the_next_batch(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 1, killed in the third: the rerun edits only batches 3 and 4, and its patch, C_p and batch
+    records equal an uninterrupted run's; the progress is removed once the edit is done."""
+    import editdecay.editing.editor as editor_module
+
+    model, tok = tiny_model("llama"), tiny_tokenizer(add_bos=True)
+    stats, requests = StatsStore(tmp_path / "stats"), capital_requests(4)
+    hparams = fast_hparams(write_corpus(tmp_path), batch_size=1)
+    reference, reference_state = build_editor("alphaedit", hparams).edit_sequential(
+        model, tok, requests, EditContext(stats=stats)
+    )
+
+    real, calls = editor_module.compute_targets, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    progress = tmp_path / "progress"
+    monkeypatch.setattr(editor_module, "compute_targets", counted)
+    with pytest.raises(KeyboardInterrupt):
+        build_editor("alphaedit", hparams).edit(model, tok, requests, EditContext(stats=stats, progress=progress))
+    assert len(list(progress.iterdir())) == 1  # two batches saved
+    monkeypatch.setattr(editor_module, "compute_targets", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed, resumed_state = build_editor("alphaedit", hparams).edit_sequential(
+        model, tok, requests, EditContext(stats=stats, progress=progress)
+    )
+    assert len(calls) == 3 + 2
+    for param, delta in reference.deltas.items():
+        assert torch.equal(resumed.deltas[param], delta), param
+    for layer, cache in reference_state.cache.items():
+        assert torch.equal(resumed_state.cache[layer], cache), layer
+    as_saved = [json.loads(json.dumps(m["batches"])) for m in (resumed.manifest, reference.manifest)]
+    assert as_saved[0] == as_saved[1]  # the records as the patch's manifest.json holds them
+    assert list(progress.iterdir()) == []

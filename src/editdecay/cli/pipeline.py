@@ -58,6 +58,9 @@ def grid_command(
     array_parallelism: int = typer.Option(16, min=1, help="submitit: jobs of the array running at once."),
     submitit_folder: Path = typer.Option(None, help="submitit: job pickles and logs (default RUNS/.submitit/%j)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would run and what is cached."),
+    cost: bool = typer.Option(
+        False, "--cost", help="With --dry-run: estimated time and memory of what would run, per device kind."
+    ),
 ) -> None:
     """Run every configuration of a grid, reusing shared artifacts."""
     from editdecay.experiments import ArtifactStore, expand_grid, make_executor, plan_grid
@@ -68,8 +71,20 @@ def grid_command(
         raise _fail(err) from None
     if executor not in EXECUTORS:
         raise _fail(ValueError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}"))
+    if cost and not dry_run:
+        raise _fail(ValueError("--cost estimates a plan: use it with --dry-run."))
     for line in plan_grid(configs, ArtifactStore(store), runs).lines():
         typer.echo(line)
+    if cost:
+        from editdecay.experiments.cost import grid_cost, load_rates
+
+        try:
+            estimate = grid_cost(configs, ArtifactStore(store))
+        except ValueError as err:
+            raise _fail(err) from None
+        typer.echo('\nEstimated cost of what would run (docs/cluster.md, "What a grid costs"):')
+        for line in estimate.lines(load_rates()):
+            typer.echo(line)
     if dry_run:
         return
     options: dict[str, object] = {}

@@ -102,6 +102,12 @@ class AlphaEditEditor(LocateEditor[AlphaEditHyperParams]):
         run.extra["nullspace"] = {str(layer): p.summary() for layer, p in projectors.items()}
         return projectors
 
+    def _save_state(self, state: AlphaEditState, directory: Path) -> None:
+        state.save(directory / "state")
+
+    def _load_state(self, directory: Path, hp: AlphaEditHyperParams) -> AlphaEditState:
+        return AlphaEditState.load(directory / "state")
+
     def _initial_state(self, hp: AlphaEditHyperParams, state: AlphaEditState | None) -> AlphaEditState:
         if state is None:
             return AlphaEditState(list(hp.layers))

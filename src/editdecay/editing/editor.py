@@ -13,6 +13,8 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 from editdecay.data import EditRequest
 from editdecay.editing.configured import ConfiguredEditor, checked_requests, restored_on_exit
 from editdecay.editing.context_templates import sample_context_templates
+from editdecay.editing.edit_progress import BatchProgress, EditProgress, progress_key
 from editdecay.editing.hparams import MemitHyperParams, fallback_hparams, preset_for_model, preset_values
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
@@ -134,6 +137,7 @@ class LocateEditor(ConfiguredEditor[HP]):
                 in_place,
                 state,
                 context.targets,
+                context.progress,
             )
         finally:
             model.train(was_training)
@@ -150,6 +154,7 @@ class LocateEditor(ConfiguredEditor[HP]):
         in_place: bool,
         state: Any,
         targets: TargetStore | None,
+        progress_root: Path | None = None,
     ) -> tuple[WeightPatch, Any]:
         run = EditRun(hp, fingerprint or model_fingerprint(model), target_store=targets)
         started = time.perf_counter()
@@ -172,9 +177,24 @@ class LocateEditor(ConfiguredEditor[HP]):
             layer: torch.zeros(p.shape, dtype=delta_dtype(p.dtype), device=p.device) for layer, p in params.items()
         }
         mapped_keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in hp.layers}
+        size = hp.batch_size or len(requests)
+        starts = list(range(0, len(requests), size))
+        progress = None
+        if progress_root is not None and len(starts) > 1:
+            key = progress_key(type(self).__name__, run.fingerprint, requests, hp.to_dict(), seed)
+            progress = EditProgress(progress_root, key)
         with restored_on_exit(params, keep=in_place) as originals:
-            size = hp.batch_size or len(requests)
-            for first in range(0, len(requests), size):
+            done = 0
+            if progress is not None and (saved := progress.load()) is not None:
+                done, state = saved.done, self._load_state(progress.path, hp)
+                with torch.no_grad():
+                    for layer, weight in saved.weights.items():
+                        params[layer].copy_(weight)
+                totals = {layer: total.to(totals[layer].device) for layer, total in saved.totals.items()}
+                mapped_keys = {layer: [keys] for layer, keys in saved.keys.items()}
+                run.batches, run.timings = saved.batches, saved.timings
+                log.info("Resuming the edit at batch %d of %d (%s)", done + 1, len(starts), progress.path)
+            for index, first in enumerate(starts[done:], start=done):
                 batch = requests[first : first + size]
                 state = self._edit_batch(
                     model,
@@ -190,6 +210,18 @@ class LocateEditor(ConfiguredEditor[HP]):
                     arch.mlp_out_transposed,
                     mapped_keys,
                 )
+                if progress is not None and index + 1 < len(starts):
+                    snapshot = BatchProgress(
+                        index + 1,
+                        {layer: p.detach() for layer, p in params.items()},
+                        totals,
+                        {layer: torch.cat(found) for layer, found in mapped_keys.items()},
+                        run.batches,
+                        run.timings,
+                    )
+                    progress.save(snapshot, partial(self._save_state, state))
+        if progress is not None:
+            progress.clear()
         run.time("total", time.perf_counter() - started)
         patch = WeightPatch(
             {names[layer]: totals[layer] for layer in hp.layers},
@@ -343,6 +375,12 @@ class LocateEditor(ConfiguredEditor[HP]):
         self, layer: int, residual: torch.Tensor, keys: torch.Tensor, hp: HP, prepared: Any, state: Any
     ) -> torch.Tensor:
         """The (d, m) update of one layer from residuals R (d, n) and keys K (m, n)."""
+
+    def _save_state(self, state: Any, directory: Path) -> None:
+        """Save the sequential state `_after_batch` carries (none here: MEMIT's batches are independent)."""
+
+    def _load_state(self, directory: Path, hp: HP) -> Any:
+        return None
 
     def _initial_state(self, hp: HP, state: Any) -> Any:
         return state

@@ -29,7 +29,8 @@ class EditContext:
     target values shared between editors; `seed`: the editor's own randomness (context templates);
     `fingerprint`: the base model's identity when the caller knows it (saves hashing the weights); `artifacts`: where
     editors keep what they train for a model (MEND's networks under `artifacts/mend`; None:
-    `default_cache_dir()/editors`).
+    `default_cache_dir()/editors`); `progress`: where a sequential edit (several batches) saves its progress after
+    every batch, so a killed edit resumes at the next batch (None: not saved; editing/edit_progress.py).
     """
 
     stats: StatsStore | None = None
@@ -37,6 +38,7 @@ class EditContext:
     seed: int = 0
     fingerprint: str | None = None
     artifacts: Path | None = None
+    progress: Path | None = None
 
 
 class ResolvedHyperParams(Protocol):

@@ -52,6 +52,7 @@ def edit_stage(
             seed=config.editor.seed,
             fingerprint=base.fingerprint if model is None else None,
             artifacts=run.store.editors_root,
+            progress=run.store.edit_progress_root,
         )
         patch = editor.edit(base.model if model is None else model, base.tokenizer, requests, context)
         patch.save(path / "patch")

@@ -53,3 +53,8 @@ class ArtifactStore:
     def targets_root(self) -> Path:
         """Target values shared by the editors of one (model, requests, seed) (editing/target_store.py)."""
         return self.root / "targets"
+
+    @property
+    def edit_progress_root(self) -> Path:
+        """Sequential edits' progress, batch by batch, while they run (editing/edit_progress.py)."""
+        return self.root / "edit-progress"
