@@ -172,7 +172,8 @@ def main() -> None:
         return
 
     print(
-        f"SmolLM2-135M, {args.examples} examples of {args.corpus}, batch {args.batch_size}, {args.threads} threads, "
+        f"SmolLM2-135M, {args.examples} examples of {args.wikipedia or args.corpus}, cutoff {args.cutoff_len}, "
+        f"batch {args.batch_size}, {args.threads} threads, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     import torch

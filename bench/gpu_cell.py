@@ -3,7 +3,8 @@
 The cell is `configs/paper.yaml`'s base with the model, the edits and the methods of one cell set; the run goes
 through `editdecay run`'s path (`run_experiment`), so its stage times are what a grid job spends. It prints each
 stage's seconds and the process's peak memory after it (host RSS; GPU: torch's peak allocation), which with
-`editdecay grid configs/paper.yaml --dry-run` answers "how long does the paper grid take".
+`editdecay grid configs/paper.yaml --dry-run --cost` answers "how long does the paper grid take" once
+`bench/record_throughputs.py` has stored the cell's rates for that GPU kind.
 
     .venv/bin/python bench/gpu_cell.py --edits data/counterfact.json --corpus data/commonsense_170k.json
     .venv/bin/python bench/gpu_cell.py --model tiny-model/ --edits edits.json --n 4 --corpus builtin \\
@@ -96,6 +97,9 @@ def main() -> None:
     if figures["gpu_peak_allocated_mib"] is not None:
         print(f"  GPU peak allocation {figures['gpu_peak_allocated_mib']:.0f} MiB")
     print(f"  wall {wall:.1f} s; EFR {figures['efr']}")
+    print(
+        f"  store these rates for `grid --dry-run --cost`: bench/record_throughputs.py {result.run_dir} --kind <name>"
+    )
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
 

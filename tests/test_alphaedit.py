@@ -165,6 +165,7 @@ def test_a_killed_sequential_edit_resumes_at_the_next_batch(tmp_path, monkeypatc
         return real(*args, **kwargs)
 
     progress = tmp_path / "progress"
+    monkeypatch.setattr(editor_module, "SAVE_EVERY_S", 0.0)  # after every batch (tiny batches take milliseconds)
     monkeypatch.setattr(editor_module, "compute_targets", counted)
     with pytest.raises(KeyboardInterrupt):
         build_editor("alphaedit", hparams).edit(model, tok, requests, EditContext(stats=stats, progress=progress))
@@ -180,4 +181,12 @@ def test_a_killed_sequential_edit_resumes_at_the_next_batch(tmp_path, monkeypatc
         assert torch.equal(resumed_state.cache[layer], cache), layer
     as_saved = [json.loads(json.dumps(m["batches"])) for m in (resumed.manifest, reference.manifest)]
     assert as_saved[0] == as_saved[1]  # the records as the patch's manifest.json holds them
+    assert list(progress.iterdir()) == []
+    # A sequence continued from a state is not saved (its key would need that state).
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        monkeypatch.setattr(editor_module, "compute_targets", counted)
+        build_editor("alphaedit", hparams).edit_sequential(
+            model, tok, requests, EditContext(stats=stats, progress=progress), state=reference_state
+        )
     assert list(progress.iterdir()) == []

@@ -129,7 +129,12 @@ def edit_command(
     layers: str = typer.Option(None, "--layers", help="Edit layers (4,5,6 or 4-8)."),
     corpus: str = typer.Option(None, "--corpus", help="Statistics corpus (hparam mom2_dataset)."),
     tokens: int = typer.Option(None, "--tokens", min=1, help="Statistics sample size (hparam mom2_n_tokens)."),
-    stats_dir: Path = typer.Option(None, "--stats-dir", help="Statistics cache (default: ~/.cache/editdecay/stats)."),
+    stats_dir: Path = typer.Option(
+        None,
+        "--stats-dir",
+        help="Statistics cache (default: ~/.cache/editdecay/stats); target values and the progress of a "
+        "sequential edit are kept beside it (targets/, edit-progress/), so a killed edit resumes.",
+    ),
     artifacts_dir: Path = typer.Option(
         None,
         "--artifacts-dir",
@@ -150,6 +155,7 @@ def edit_command(
         StatisticError,
         StatsStore,
         TargetOptimisationError,
+        TargetStore,
         build_editor,
     )
     from editdecay.editing.hparams import read_hparams_file
@@ -200,11 +206,16 @@ def edit_command(
     if evaluate:
         summary["before"] = _scores(loaded, requests)
     try:
+        # Target values (per chunk) and a sequential edit's batches are kept beside the statistics, so a killed
+        # edit resumes where it stopped; the batch progress is removed when the edit finishes.
+        beside = _stats_root(stats_dir).parent
         context = EditContext(
             stats=StatsStore(_stats_root(stats_dir)),
+            targets=TargetStore(beside / "targets"),
             seed=editor_seed,
             fingerprint=loaded.fingerprint,
             artifacts=artifacts_dir,
+            progress=beside / "edit-progress",
         )
         patch = chosen.edit(loaded.model, loaded.tokenizer, requests, context)
     except (EditInputError, SolveError, StatisticError, TargetOptimisationError, ValueError, FileNotFoundError) as err:

@@ -24,6 +24,9 @@ from editdecay.data import EditRequest
 from editdecay.storage import atomic_directory
 
 PROGRESS_FORMAT = "edit-progress/1"
+# Saved after a batch when this long has passed since the last save: every batch of AlphaEdit's 100 edits, but not
+# after each of ROME's one-edit batches (each save writes the edited layers' weights).
+SAVE_EVERY_S = 60.0
 
 
 def progress_key(editor: str, fingerprint: str, requests: Sequence[EditRequest], hparams: dict, seed: int) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 from editdecay.data import EditRequest
 from editdecay.editing.configured import ConfiguredEditor, checked_requests, restored_on_exit
 from editdecay.editing.context_templates import sample_context_templates
-from editdecay.editing.edit_progress import BatchProgress, EditProgress, progress_key
+from editdecay.editing.edit_progress import SAVE_EVERY_S, BatchProgress, EditProgress, progress_key
 from editdecay.editing.hparams import MemitHyperParams, fallback_hparams, preset_for_model, preset_values
 from editdecay.editing.outnorm import post_mlp_norm, preimage_change
 from editdecay.editing.patch import WeightPatch, add_delta, delta_dtype
@@ -168,6 +168,7 @@ class LocateEditor(ConfiguredEditor[HP]):
         tick = time.perf_counter()
         prepared = self._prepare(hp, run)
         run.time("prepare", time.perf_counter() - tick)
+        continued = state is not None  # a sequence continued from the caller's state
         state = self._initial_state(hp, state)
 
         arch = arch_for(model)
@@ -180,11 +181,12 @@ class LocateEditor(ConfiguredEditor[HP]):
         size = hp.batch_size or len(requests)
         starts = list(range(0, len(requests), size))
         progress = None
-        if progress_root is not None and len(starts) > 1:
+        # A continued sequence is not saved: its key would have to hold the caller's state too.
+        if progress_root is not None and len(starts) > 1 and not continued:
             key = progress_key(type(self).__name__, run.fingerprint, requests, hp.to_dict(), seed)
             progress = EditProgress(progress_root, key)
         with restored_on_exit(params, keep=in_place) as originals:
-            done = 0
+            done, last_save = 0, time.monotonic()
             if progress is not None and (saved := progress.load()) is not None:
                 done, state = saved.done, self._load_state(progress.path, hp)
                 with torch.no_grad():
@@ -210,7 +212,8 @@ class LocateEditor(ConfiguredEditor[HP]):
                     arch.mlp_out_transposed,
                     mapped_keys,
                 )
-                if progress is not None and index + 1 < len(starts):
+                due = time.monotonic() - last_save >= SAVE_EVERY_S
+                if progress is not None and index + 1 < len(starts) and due:
                     snapshot = BatchProgress(
                         index + 1,
                         {layer: p.detach() for layer, p in params.items()},
@@ -220,6 +223,7 @@ class LocateEditor(ConfiguredEditor[HP]):
                         run.timings,
                     )
                     progress.save(snapshot, partial(self._save_state, state))
+                    last_save = time.monotonic()
         if progress is not None:
             progress.clear()
         run.time("total", time.perf_counter() - started)

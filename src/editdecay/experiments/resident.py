@@ -9,7 +9,9 @@ changes in order and undoes them in reverse order on exit:
   previous storage back on exit.
 Nothing is added or subtracted to undo a change, so M's weights come back bit for bit, and each group's weights
 are exactly those of the separate models a run used to build. What a group holds besides M is its changed
-tensors: the adapted or patched matrices, only while the group is in use.
+tensors, only while the group is in use: the patched matrices' originals, and the fine-tuned matrices (the storage
+they replace waits in host memory, so a GPU holds one copy of each matrix). While a fine-tuning is merged, its
+adapted matrices also exist once in float32 (the merge happens in float32, as `load_finetuned` merges).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class ResidentGroups:
                 if isinstance(change, WeightPatch):
                     change.revert(self.model)
                 else:
-                    self._swap(previous)
+                    self._put_back(previous)
             self._active = None
 
     def _check_base(self, group: str, result: FinetuneResult, known: str | None) -> None:
@@ -97,17 +99,25 @@ class ResidentGroups:
         merged = FINETUNE_METHODS[result.method].merged_weights(self.model, result.path)
         return self._swap(merged)
 
-    def _swap(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Point each named parameter at the given storage; returns the storage each pointed at before."""
-        previous = {}
-        for name, value in values.items():
+    def _put_back(self, previous: dict[str, torch.Tensor]) -> None:
+        for name, value in previous.items():
             param = self.model.get_parameter(name)
+            param.data = value.to(param.device)
+
+    def _swap(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Point each named parameter at the given storage; returns the storage each pointed at before, moved to
+        host memory when the model is on a GPU (so the accelerator holds one copy of each matrix)."""
+        params = {name: self.model.get_parameter(name) for name in values}
+        for name, value in values.items():
+            param = params[name]
             if value.shape != param.shape or value.dtype != param.dtype:
                 # every group in M's precision (a precision change would pass for a fine-tuning effect) and shape
                 raise ValueError(
                     f"{name}: the fine-tuned value is {value.dtype} {tuple(value.shape)}, the resident parameter "
                     f"{param.dtype} {tuple(param.shape)}."
                 )
-            previous[name] = param.data
-            param.data = value
+        previous = {}
+        for name, value in values.items():  # checked first, so a refused change leaves every parameter as it was
+            previous[name] = params[name].data.to("cpu")
+            params[name].data = value
         return previous
