@@ -118,7 +118,7 @@ def test_damaged_or_foreign_target_values_are_recomputed(tmp_path: Path) -> None
 
     store, key = TargetStore(tmp_path), TargetKey("fp", "requests", "contexts", "{}", 2)
     path = tmp_path / key.relative_path()
-    assert path.name.endswith(".targets-1.safetensors")
+    assert path.name.endswith(".targets-2.safetensors")
     calls: list[int] = []
 
     def compute() -> TargetResult:
