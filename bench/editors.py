@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_result import run_child_result
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_JOBS = "unedited,memit,alphaedit,rome,ftl,mend"
@@ -130,12 +131,7 @@ def run_child(args: argparse.Namespace, job: str) -> dict:
         "--zsre-target",
         args.zsre_target,
     ]
-    print(f"... {job}", flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{job} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+    return run_child_result(job, command)
 
 
 def table(results: list[dict]) -> str:

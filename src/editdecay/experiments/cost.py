@@ -17,10 +17,10 @@ fine-tuning's copy and optimizer state, activations): an order of magnitude, not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from editdecay.config import ExperimentConfig
 from editdecay.data import load_corpus, load_edit_requests
@@ -32,8 +32,10 @@ from editdecay.experiments.store import ArtifactStore
 from editdecay.finetuning import FinetuneSpec
 from editdecay.models import DtypeResolver, ModelShape, read_model_shape
 
+T = TypeVar("T")
 THROUGHPUTS = Path(__file__).resolve().parents[1] / "presets" / "throughputs.json"
 STAGE_KINDS = ("edit", "fine-tune", "evaluate", "activations")
+STORE_KINDS = {"edit": "patches", "fine-tune": "finetunes", "evaluate": "evals", "activations": "activations"}
 PROMPT_TOKENS = 16  # an edit prompt with its subject, in tokens (CounterFact and zsRE average 10-20)
 SCORED_TOKENS = 2 * (PROMPT_TOKENS + 3) + GENERATION_EXTRA_TOKENS  # both targets scored, then a short generation
 EXAMPLE_TOKENS = 128  # an instruction example when the corpus cannot be read here (Commonsense-170K: ~100)
@@ -79,9 +81,16 @@ class StageWork:
 
 @dataclass
 class Assumptions:
-    """What the estimate had to assume, each said once in the output."""
+    """What the estimate had to assume, each said once in the output, and what it read of the data files, keyed by
+    everything the reading depends on (a grid's configurations share datasets: each is read once)."""
 
     notes: set[str] = field(default_factory=set)
+    readings: dict[tuple, Any] = field(default_factory=dict)
+
+    def once(self, key: tuple, read: Callable[[], T]) -> T:
+        if key not in self.readings:
+            self.readings[key] = read()
+        return self.readings[key]
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,13 @@ def load_rates(path: Path = THROUGHPUTS) -> list[DeviceRates]:
 
 def _edit_prompts(config: ExperimentConfig, assumptions: Assumptions) -> float:
     """Prompts scored per edit request (rewrite, paraphrases, neighborhood), read from the dataset when it is here."""
+    edits = config.edits
+    return assumptions.once(
+        ("edit prompts", edits.dataset, min(edits.n, 50), edits.seed), lambda: _read_edit_prompts(config, assumptions)
+    )
+
+
+def _read_edit_prompts(config: ExperimentConfig, assumptions: Assumptions) -> float:
     try:
         sample = load_edit_requests(config.edits.dataset, min(config.edits.n, 50), seed=config.edits.seed)
     except (OSError, ValueError):
@@ -123,6 +139,11 @@ def _edit_prompts(config: ExperimentConfig, assumptions: Assumptions) -> float:
 
 def _examples(config: ExperimentConfig, spec: FinetuneSpec, assumptions: Assumptions) -> tuple[float, float]:
     """(examples per epoch, tokens per example) of the fine-tuning corpus."""
+    key = ("corpus", config.finetune.corpus, config.finetune.max_examples, spec.cutoff_len)
+    return assumptions.once(key, lambda: _read_examples(config, spec, assumptions))
+
+
+def _read_examples(config: ExperimentConfig, spec: FinetuneSpec, assumptions: Assumptions) -> tuple[float, float]:
     ft = config.finetune
     try:
         corpus = load_corpus(ft.corpus)
@@ -142,6 +163,12 @@ def _examples(config: ExperimentConfig, spec: FinetuneSpec, assumptions: Assumpt
 
 
 def _downstream_items(config: ExperimentConfig, assumptions: Assumptions) -> float:
+    evaluation = config.evaluation
+    key = ("tasks", tuple(evaluation.tasks), evaluation.task_limit, evaluation.task_data_dir)
+    return assumptions.once(key, lambda: _read_downstream_items(config, assumptions))
+
+
+def _read_downstream_items(config: ExperimentConfig, assumptions: Assumptions) -> float:
     evaluation = config.evaluation
     if evaluation.task_limit is not None:
         return float(len(evaluation.tasks) * evaluation.task_limit)
@@ -268,9 +295,8 @@ def grid_cost(
             hidden, layers = 4096, 32
             assumptions.notes.add("models not in the local cache: published sizes, 32 blocks of width 4096")
         dtype_bytes = 2 if config.model.dtype in ("bfloat16", "float16") else 4
-        kinds = {"edit": "patches", "fine-tune": "finetunes", "evaluate": "evals", "activations": "activations"}
         for work in config_work(config, keys, parameters, hparams, ft_spec, dtype_bytes, hidden, layers, assumptions):
-            if store is not None and shape is not None and store.is_done(kinds[work.kind], work.key):
+            if store is not None and shape is not None and store.is_done(STORE_KINDS[work.kind], work.key):
                 continue
             chosen.setdefault(f"{work.kind}/{work.key}", work)
     return GridCost(list(chosen.values()), assumptions)

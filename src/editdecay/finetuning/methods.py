@@ -120,27 +120,27 @@ class FullFinetune:
     def load(self, base: nn.Module, directory: Path, merge: bool) -> nn.Module:
         model = _as_float32_copy(base)
         with torch.no_grad():
-            for name, delta in load_file(str(directory / DELTA_FILE)).items():
-                param = model.get_parameter(name)
-                if param.shape != delta.shape:
-                    raise ValueError(
-                        f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
-                        f"the model's parameter has {tuple(param.shape)}"
-                    )
+            for _name, param, delta in _stored_deltas(model, directory):
                 param.add_(delta)
         return _finish(model, base)
 
     def merged_weights(self, base: nn.Module, directory: Path) -> dict[str, torch.Tensor]:
-        merged = {}
-        for name, delta in load_file(str(directory / DELTA_FILE)).items():
-            param = base.get_parameter(name)
-            if param.shape != delta.shape:
-                raise ValueError(
-                    f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
-                    f"the model's parameter has {tuple(param.shape)}"
-                )
-            merged[name] = (param.detach().float() + delta.to(param.device)).to(param.dtype)
-        return merged
+        return {
+            name: (param.detach().float() + delta.to(param.device)).to(param.dtype)
+            for name, param, delta in _stored_deltas(base, directory)
+        }
+
+
+def _stored_deltas(model: nn.Module, directory: Path) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
+    """(name, the model's parameter, its stored float32 delta) for every delta of a full fine-tuning result."""
+    for name, delta in load_file(str(directory / DELTA_FILE)).items():
+        param = model.get_parameter(name)
+        if param.shape != delta.shape:
+            raise ValueError(
+                f"{directory / DELTA_FILE}: delta for {name} has shape {tuple(delta.shape)}, "
+                f"the model's parameter has {tuple(param.shape)}"
+            )
+        yield name, param, delta
 
 
 class LoraFinetune:
