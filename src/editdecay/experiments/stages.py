@@ -132,8 +132,9 @@ def build_groups(
         ft_edited = _finetune(
             run, "finetune Med", keys["ft_edited"], med, patch.patched_fingerprint, patch.layers, requests, probe, patch
         )
-    groups.define("Med_ft", [patch, FinetuneResult.load(ft_edited)])
-    return groups, FinetuneResult.load(ft_edited).curve if probe else None
+    edited = FinetuneResult.load(ft_edited)
+    groups.define("Med_ft", [patch, edited])
+    return groups, edited.curve if probe else None
 
 
 def _task_names(run: RunContext) -> tuple[list[str], Path | None]:
