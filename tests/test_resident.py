@@ -109,6 +109,12 @@ def test_one_group_at_a_time_and_clear_errors(tmp_path: Path) -> None:
     groups.define("wrong", [groups.changes["Med"][0], groups.changes["Mft"][0]])
     with pytest.raises(ValueError, match="fine-tuned from a model with fingerprint"), groups.use("wrong"):
         pass
+    # A group checked once and then redefined wrongly is checked again.
+    with groups.use("Mft"):
+        pass
+    groups.define("Mft", [groups.changes["Med_ft"][1]])  # Med's fine-tuning on M
+    with pytest.raises(ValueError, match="fine-tuned from a model with fingerprint"), groups.use("Mft"):
+        pass
     _assert_same_weights(groups.model, separate["M"])  # a failed switch leaves M's weights
 
 

@@ -49,8 +49,9 @@ class ResidentGroups:
         return list(self.changes)
 
     def define(self, group: str, changes: Sequence[Change]) -> None:
-        """Group `group` is M with `changes` applied in order."""
+        """Group `group` is M with `changes` applied in order (a redefined group is checked again)."""
         self.changes[group] = list(changes)
+        self._checked = {checked for checked in self._checked if checked[0] != group}
 
     @contextmanager
     def use(self, group: str) -> Iterator[nn.Module]:
