@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/editdecay demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -16,6 +16,13 @@ from tiny import tiny_model, tiny_tokenizer
 # with or without native bfloat16 (tests of the probe itself pass their own measurements).
 os.environ.setdefault("EDITDECAY_AUTO_DTYPE", "float32")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers (pytest -n 2): one torch thread each, so two processes do not spin four
+    # threads on two cores.
+    import torch
+
+    torch.set_num_threads(1)
+
 _DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_DATA = Path(os.environ.get("EDITDECAY_SHARED_DATA", _DEFAULT_SHARED))
 

@@ -159,7 +159,9 @@ def tiny_dir(tmp_path: Path) -> Path:
 def _invoke(args: list[str]):
     from editdecay.cli import app
 
-    return CliRunner().invoke(app, ["evaluate", *args, "--no-progress"])
+    # A wide terminal: the error box must not wrap the long tmp paths the tests look for (under pytest-xdist the
+    # workers have no terminal and rich falls back to 80 columns).
+    return CliRunner().invoke(app, ["evaluate", *args, "--no-progress"], env={"COLUMNS": "300"})
 
 
 def test_cli_evaluate_base_model(tiny_dir: Path) -> None:
